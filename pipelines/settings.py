@@ -1,0 +1,221 @@
+"""The one place that reads the environment.
+
+Every setting is a field of the frozen `Settings` dataclass. Each field names its environment
+variable and its command-line flag in `metadata`, so the environment, the flags and the README's
+table all come from this one list. Flags override environment variables, which override defaults.
+
+    settings = Settings.from_env()                      # environment only
+    parser = argparse.ArgumentParser(); add_arguments(parser)
+    settings = Settings.from_env(overrides=vars(parser.parse_args()))
+
+A bad value raises `ValueError` with one line naming the variable (or flag) and what it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SAFETY_LEVELS = ("off", "weak", "medium", "strong", "max")
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+# The official file name of each SAM variant; the suffix is the start of the file's SHA-256.
+SAM_CHECKPOINT_NAMES = {
+    "vit_h": "sam_vit_h_4b8939.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_b": "sam_vit_b_01ec64.pth",
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+SCHEDULERS = ("euler", "dpmpp_2m")
+
+
+def _setting(default: Any, env: str, flag: str, help: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"env": env, "flag": flag, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- models -------------------------------------------------------------------------------
+    sdxl_model: str = _setting(
+        "stabilityai/stable-diffusion-xl-base-1.0", "BACKDROP_SDXL_MODEL", "--sdxl-model",
+        "SDXL: a Hugging Face model id or a local diffusers folder")
+    sam_model_type: str = _setting(
+        "vit_h", "BACKDROP_SAM_MODEL_TYPE", "--sam-model-type",
+        "Segment Anything variant", SAM_MODEL_TYPES)
+    sam_checkpoint: Path | None = _setting(
+        None, "BACKDROP_SAM_CHECKPOINT", "--sam-checkpoint",
+        "SAM weights file (default: <checkpoint dir>/<official name of the variant>)")
+    sam_download_base: str = _setting(
+        "https://dl.fbaipublicfiles.com/segment_anything/", "BACKDROP_SAM_DOWNLOAD_BASE",
+        "--sam-download-base", "where a missing SAM checkpoint is downloaded from")
+    sam_auto_download: bool = _setting(
+        True, "BACKDROP_SAM_AUTO_DOWNLOAD", "--sam-auto-download",
+        "download a missing SAM checkpoint (else fall back to GrabCut at once)")
+    sam_cache_size: int = _setting(
+        4, "BACKDROP_SAM_CACHE_SIZE", "--sam-cache-size",
+        "how many photos' SAM image embeddings are kept")
+    # --- Ollama -------------------------------------------------------------------------------
+    ollama_host: str = _setting(
+        "http://127.0.0.1:11434", "OLLAMA_HOST", "--ollama-host",
+        "Ollama server address (the ollama client reads OLLAMA_HOST too)")
+    vision_model: str = _setting(
+        "llava", "BACKDROP_VISION_MODEL", "--vision-model", "Ollama model that reads the mood")
+    text_model: str = _setting(
+        "llama2", "BACKDROP_TEXT_MODEL", "--text-model", "Ollama model that writes the prompt")
+    ollama_timeout: float = _setting(
+        60.0, "BACKDROP_OLLAMA_TIMEOUT", "--ollama-timeout",
+        "seconds to wait for one Ollama reply before using the template prompt")
+    ollama_keep_alive: str = _setting(
+        "10m", "BACKDROP_OLLAMA_KEEP_ALIVE", "--ollama-keep-alive",
+        "how long Ollama keeps a model loaded after a request")
+    llm_temperature: float = _setting(
+        0.7, "BACKDROP_LLM_TEMPERATURE", "--llm-temperature", "sampling temperature of both LLMs")
+    # --- compute ------------------------------------------------------------------------------
+    device: str = _setting(
+        "auto", "BACKDROP_DEVICE", "--device", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    dtype: str = _setting(
+        "auto", "BACKDROP_DTYPE", "--dtype", "auto (float16 on CUDA, else float32)", DTYPES)
+    cpu_offload: bool = _setting(
+        False, "BACKDROP_CPU_OFFLOAD", "--cpu-offload",
+        "keep only the running model on the GPU (for GPUs of about 12 GB)")
+    vae_tiling: bool = _setting(
+        False, "BACKDROP_VAE_TILING", "--vae-tiling", "decode large images tile by tile")
+    working_pixels: int = _setting(
+        1024 * 1024, "BACKDROP_WORKING_PIXELS", "--working-pixels",
+        "pixels of the size SDXL works at (sides are multiples of 64, aspect kept)")
+    max_image_pixels: int = _setting(
+        80_000_000, "BACKDROP_MAX_IMAGE_PIXELS", "--max-image-pixels",
+        "largest photo accepted, in pixels (guards against decompression bombs)")
+    # --- files --------------------------------------------------------------------------------
+    checkpoint_dir: Path = _setting(
+        ROOT / "checkpoints", "BACKDROP_CHECKPOINT_DIR", "--checkpoint-dir",
+        "SAM checkpoints and erased encoders (erased/<name>/)")
+    output_dir: Path = _setting(
+        ROOT / "outputs", "BACKDROP_OUTPUT_DIR", "--output-dir", "where edited photos are saved")
+    # --- the page -----------------------------------------------------------------------------
+    min_safety: str = _setting(
+        "off", "BACKDROP_MIN_SAFETY", "--min-safety",
+        "lowest safety level the page allows (for deployments)", SAFETY_LEVELS)
+    host: str = _setting(
+        "127.0.0.1", "BACKDROP_HOST", "--host", "address the page listens on (--listen: 0.0.0.0)")
+    port: int = _setting(7860, "BACKDROP_PORT", "--port", "port the page listens on")
+    max_upload_mb: int = _setting(
+        50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB")
+    queue_size: int = _setting(
+        16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused")
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Build settings from `environ` (default `os.environ`), then apply non-None `overrides`
+        (keyed by field name, as `argparse` produces them)."""
+        environ = os.environ if environ is None else environ
+        overrides = overrides or {}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if overrides.get(f.name) is not None:
+                values[f.name] = _parse(f, overrides[f.name], meta["flag"])
+            elif environ.get(meta["env"], "") != "":
+                values[f.name] = _parse(f, environ[meta["env"]], meta["env"])
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.sam_checkpoint is None:
+            object.__setattr__(self, "sam_checkpoint",
+                               self.checkpoint_dir / SAM_CHECKPOINT_NAMES[self.sam_model_type])
+
+    @property
+    def erased_dir(self) -> Path:
+        return self.checkpoint_dir / "erased"
+
+    def resolve_device(self) -> str:
+        """The torch device string: `auto` becomes `cuda` when CUDA is usable, else `cpu`."""
+        if self.device != "auto":
+            return self.device
+        import torch  # lazily: importing settings must stay cheap
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolve_dtype(self, device: str | None = None):
+        """The torch dtype: `auto` is float16 on CUDA and float32 elsewhere (CPU fp16 is slow)."""
+        import torch
+
+        device = device or self.resolve_device()
+        if self.dtype == "auto":
+            return torch.float16 if device.startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)
+
+
+def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    """Turn a raw environment/flag value into the field's type, or raise a one-line ValueError."""
+    kind = str(f.type)
+    choices = f.metadata["choices"]
+    text = str(raw).strip()
+    try:
+        if "bool" in kind:
+            if isinstance(raw, bool):
+                return raw
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "int" in kind:
+            value: Any = int(text)
+            if value <= 0:
+                raise ValueError
+            return value
+        if "float" in kind:
+            value = float(text)
+            if not value > 0:
+                raise ValueError
+            return value
+        if "Path" in kind:
+            if not text:
+                raise ValueError
+            return Path(text).expanduser()
+    except ValueError:
+        expected = "true or false" if "bool" in kind else "a positive number"
+        raise ValueError(f"{source}={text!r} is not valid: expected {expected}") from None
+    if choices and text not in choices:
+        raise ValueError(f"{source}={text!r} is not valid: expected one of {', '.join(choices)}")
+    if f.name == "device" and not (text in DEVICES or text.startswith("cuda:")):
+        raise ValueError(f"{source}={text!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")
+    if not text:
+        raise ValueError(f"{source} is empty")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; parsed values go to `Settings.from_env(overrides=...)`."""
+    group = parser.add_argument_group("settings (each also read from its environment variable)")
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        if "bool" in str(f.type):
+            group.add_argument(meta["flag"], dest=f.name, default=None,
+                               action=argparse.BooleanOptionalAction,
+                               help=f"{meta['help']} [{meta['env']}]")
+        else:
+            group.add_argument(meta["flag"], dest=f.name, default=None, metavar="VALUE",
+                               help=f"{meta['help']} [{meta['env']}]")
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(environment variable, flag, default, meaning) for every setting: the README's table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, Path):
+            default = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+        rows.append((f.metadata["env"], f.metadata["flag"], str(default), f.metadata["help"]))
+    return rows

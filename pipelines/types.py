@@ -1,0 +1,76 @@
+"""Typed values passed between stages: a request goes in, a result comes out.
+
+Mask convention, used by every stage: a mask handed to diffusion is a float32 array of shape
+(H, W) with values in [0, 1] where **1 (white) means "repaint"** and 0 means "keep exactly".
+By default the region to repaint is the background, i.e. everything that is not the subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ClickPoint:
+    """A click on the photo, in the photo's displayed (EXIF-rotated) pixel coordinates.
+
+    Attributes:
+        x: column, 0 at the left edge.
+        y: row, 0 at the top edge.
+        label: 1 = on the subject, 0 = not on the subject (as SAM's `point_labels`).
+    """
+
+    x: int
+    y: int
+    label: int = 1
+
+    def __post_init__(self) -> None:
+        if self.label not in (0, 1):
+            raise ValueError(f"point label must be 1 (subject) or 0 (not subject), got {self.label}")
+
+
+@dataclass
+class EditRequest:
+    """Everything one edit needs. Either `points` or `mask` must be given."""
+
+    image: Image.Image  # the photo, already loaded upright and RGB (images.load_image)
+    points: list[ClickPoint] = field(default_factory=list)  # clicks on the subject / not subject
+    mask: np.ndarray | None = None  # full-size (H, W) float32 in [0, 1], 1 = repaint; overrides points
+    mask_candidate: int | None = None  # which of SAM's three candidates (None: best-scoring)
+    grow: int = 0  # grow (>0) or shrink (<0) the subject by this many pixels before repainting
+    feather: int = 4  # soft seam width in pixels for the final composite
+    edit_subject: bool = False  # repaint the subject instead of the background
+    keyword: str = ""  # the user's background keyword, any language
+    mood: str | None = None  # mood keywords; None: ask the vision model
+    prompt: str | None = None  # the SDXL prompt; None: ask the text model
+    prompt_2: str | None = None  # second-encoder prompt (quality words); None: the default text
+    negative_prompt: str | None = None  # None: the default negative prompt
+    safety: str = "off"  # off, weak, medium, strong, max (SLD presets)
+    sld_concept: str | None = None  # unsafe-concept text for SLD; None: the paper's default
+    erased: str | None = None  # name of an erased text-encoder pair, or None
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0  # 1.0 repaints from pure noise; lower keeps more of the old background
+    seed: int | None = None  # None: a random seed, reported in the result
+    num_candidates: int = 1  # images per request, seeds seed, seed+1, ...
+    scheduler: str = "euler"  # euler or dpmpp_2m
+
+
+@dataclass
+class EditResult:
+    """What one edit produced."""
+
+    images: list[Image.Image]  # full-size composites, one per candidate
+    seeds: list[int]
+    prompt: str  # the exact prompt SDXL received
+    prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77)
+    mood: str
+    negative_prompt: str
+    mask: np.ndarray  # the full-size repaint mask that was used, float32 (H, W) in [0, 1]
+    paths: list[Path] = field(default_factory=list)  # saved PNGs, one per image
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    notices: list[str] = field(default_factory=list)  # fallbacks, cuts, things the user should know

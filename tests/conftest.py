@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny models saved to disk and loaded back by the app's own loaders, a fake Ollama
+server on loopback, and settings that point the app at them. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub; a loader that tries must fail fast instead.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent))
+
+from fake_ollama import FakeOllama  # noqa: E402
+from tiny_models import build_clip_tokenizer, save_tiny_sam, save_tiny_sdxl  # noqa: E402
+
+from pipelines.settings import Settings  # noqa: E402
+
+TINY_WORKING_PIXELS = 128 * 128  # latents of 16x16: fast on a CPU
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizers():
+    """SDXL's two tokenizers with the real CLIP vocabulary (the second pads with "!")."""
+    return build_clip_tokenizer(), build_clip_tokenizer(pad_token="!")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline folder in diffusers format."""
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM checkpoint (a state dict, like the official .pth files)."""
+    return save_tiny_sam(tmp_path_factory.mktemp("models") / "sam_tiny.pth")
+
+
+@pytest.fixture
+def fake_ollama():
+    """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
+    server = FakeOllama().start()
+    server.script("llava", text="Stylish, modern, contemporary")
+    server.script("llama2", text="misty pine forest at dawn, soft light, award winning photograph")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> Settings:
+    """Settings that point every stage at the tiny models, the fake Ollama and temp folders."""
+    return Settings(
+        sdxl_model=str(tiny_sdxl_dir),
+        sam_checkpoint=tiny_sam_checkpoint,
+        sam_auto_download=False,
+        checkpoint_dir=tmp_path / "checkpoints",
+        output_dir=tmp_path / "outputs",
+        ollama_host=fake_ollama.url,
+        ollama_timeout=10.0,
+        device="cpu",
+        working_pixels=TINY_WORKING_PIXELS,
+    )
