@@ -35,11 +35,12 @@ class ClickPoint:
 
 @dataclass
 class EditRequest:
-    """Everything one edit needs. Either `points` or `mask` must be given."""
+    """Everything one edit needs: `points`, a chosen `subject` or a repaint `mask` says where."""
 
     image: Image.Image  # the photo, already loaded upright and RGB (images.load_image)
     points: list[ClickPoint] = field(default_factory=list)  # clicks on the subject / not subject
     mask: np.ndarray | None = None  # full-size (H, W) float32 in [0, 1], 1 = repaint; overrides points
+    subject: np.ndarray | None = None  # (H, W) bool, the subject as already chosen (the page); skips SAM
     mask_candidate: int | None = None  # which of SAM's three candidates (None: best-scoring)
     grow: int = 0  # grow (>0) or shrink (<0) the subject by this many pixels before repainting
     feather: int = 4  # soft seam width in pixels for the final composite

@@ -69,3 +69,33 @@ def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> 
         device="cpu",
         working_pixels=TINY_WORKING_PIXELS,
     )
+
+
+def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 60, 40)) -> "Image.Image":
+    """A synthetic photo: a textured background with a solid disk (the subject) in the middle."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    background = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 90)], -1)
+    background = np.clip(background + rng.integers(-25, 25, (height, width, 3)), 0, 255)
+    radius = min(width, height) // 4
+    disk = (xx - width // 2) ** 2 + (yy - height // 2) ** 2 <= radius**2
+    background[disk] = color
+    return Image.fromarray(background.astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def tiny_env(tiny_settings) -> dict:
+    """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
+    s = tiny_settings
+    env = dict(os.environ)
+    env.update({
+        "BACKDROP_SDXL_MODEL": s.sdxl_model, "BACKDROP_SAM_CHECKPOINT": str(s.sam_checkpoint),
+        "BACKDROP_SAM_AUTO_DOWNLOAD": "0", "BACKDROP_CHECKPOINT_DIR": str(s.checkpoint_dir),
+        "BACKDROP_OUTPUT_DIR": str(s.output_dir), "OLLAMA_HOST": s.ollama_host,
+        "BACKDROP_OLLAMA_TIMEOUT": str(s.ollama_timeout), "BACKDROP_DEVICE": "cpu",
+        "BACKDROP_WORKING_PIXELS": str(s.working_pixels), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+    })
+    return env

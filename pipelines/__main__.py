@@ -1,0 +1,171 @@
+"""The command line: `python -m pipelines edit | presets | erase`.
+
+    python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
+    python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
+    python -m pipelines presets --json
+    python -m pipelines erase --concept "van gogh" --concept-type style
+
+Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
+not run (no GPU memory, missing weights, cancelled). Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _point(text: str):
+    from pipelines.types import ClickPoint
+
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y, *label = (int(float(p)) for p in parts)
+        return ClickPoint(x, y, label[0] if label else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y or X,Y,LABEL (label 1 subject, 0 not)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pipelines", description="Backdrop: change a photo's background.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    edit = commands.add_parser("edit", help="edit one photo")
+    edit.add_argument("image", type=Path, help="the photo")
+    where = edit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--point", type=_point, action="append", metavar="X,Y[,LABEL]",
+                       help="a click in photo pixels; label 1 = subject (default), 0 = not subject")
+    where.add_argument("--mask", type=Path, help="mask image: white = repaint, in the photo's displayed orientation")
+    edit.add_argument("--keyword", default="", help="what the new background should be (any language)")
+    edit.add_argument("--mood", help="mood keywords (skips LLaVA)")
+    edit.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")
+    edit.add_argument("--negative-prompt", help="default: prompts/negative_prompt.txt")
+    edit.add_argument("--safety", choices=SAFETY_LEVELS, default="off", help="SLD preset")
+    edit.add_argument("--sld-concept", help="what SLD steers away from (default: prompts/sld_concept.txt)")
+    edit.add_argument("--erased", metavar="NAME", help="use the erased text encoders NAME")
+    edit.add_argument("--steps", type=int, default=30)
+    edit.add_argument("--guidance", type=float, default=7.5)
+    edit.add_argument("--strength", type=float, default=1.0)
+    edit.add_argument("--seed", type=int, help="default: random (printed)")
+    edit.add_argument("--candidates", type=int, default=1)
+    edit.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
+    edit.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
+    edit.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
+    edit.add_argument("--feather", type=int, default=4, help="soft seam width, pixels")
+    edit.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
+    edit.add_argument("--out", type=Path, help="output file (never overwritten)")
+    edit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_arguments(edit)
+
+    presets = commands.add_parser("presets", help="the SLD safety presets")
+    presets.add_argument("--json", action="store_true")
+
+    from pipelines.erasure import add_erase_arguments
+
+    erase = commands.add_parser("erase", help="train concept-erased text encoders")
+    add_erase_arguments(erase)
+    add_arguments(erase)
+    return parser
+
+
+def _progress(stage: str, i: int, n: int, preview) -> None:
+    if n:
+        end = "\n" if i == n else "\r"
+        sys.stderr.write(f"{stage}: step {i}/{n}{end}")
+    else:
+        sys.stderr.write(f"{stage}...\n")
+    sys.stderr.flush()
+
+
+def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.editing import run_edit
+    from pipelines.images import load_image, load_mask
+    from pipelines.types import EditRequest
+
+    image = load_image(args.image, settings.max_image_pixels)
+    mask = load_mask(args.mask, image.size) if args.mask else None
+    request = EditRequest(
+        image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
+        grow=args.grow, feather=args.feather, edit_subject=args.edit_subject, keyword=args.keyword,
+        mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
+        sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
+        num_candidates=args.candidates, scheduler=args.scheduler)
+    result = run_edit(request, settings, on_progress=_progress, out=args.out)
+    for notice in result.notices:
+        sys.stderr.write(f"note: {notice}\n")
+    if args.json:
+        print(json.dumps({
+            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "prompt": result.prompt,
+            "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
+            "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        }, ensure_ascii=False))
+    else:
+        print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
+        for path, seed in zip(result.paths, result.seeds):
+            print(f"{path}  (seed {seed})")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from pipelines.safety import presets_table
+
+    table = presets_table()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"{'preset':<12} {'δ warm-up':>9} {'s_S':>6} {'λ':>6} {'s_m':>5} {'β_m':>5}")
+    for name, p in table.items():
+        print(f"{name:<12} {p['sld_warmup_steps']:>9} {p['sld_guidance_scale']:>6g} {p['sld_threshold']:>6g} "
+              f"{p['sld_momentum_scale']:>5g} {p['sld_mom_beta']:>5g}")
+    print("(warm-up δ is given for 50 steps and scales with the step count)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "presets":
+            return cmd_presets(args)
+        settings = Settings.from_env(overrides=vars(args))
+        if args.command == "erase":
+            from pipelines.erasure import run_erase
+
+            return run_erase(args, settings)
+        return cmd_edit(args, settings)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
+        from pipelines.blending import Cancelled, GpuOutOfMemory
+
+        known = (Cancelled, GpuOutOfMemory, RuntimeError, OSError)
+        if not isinstance(exc, known):
+            raise
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""One edit, end to end: `run_edit(request, settings) -> EditResult`.
+
+This module only chains the stages; each stage lives in its own module:
+
+    photo ─► masking (SAM clicks or a given mask, refined) ─► prompting (LLaVA mood, Llama 2 prompt)
+          ─► blending (SDXL + SLD + erased encoders, working size) ─► images.composite (full size)
+          ─► saved PNGs with their parameters
+
+The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from pipelines import images, masking, prompting
+from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
+from pipelines.types import EditRequest, EditResult
+
+# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
+# i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
+ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
+
+MAX_STEPS = 200
+MAX_CANDIDATES = 8
+SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
+
+
+@dataclass
+class Prepared:
+    """What an edit needs before diffusion: the repaint mask and the final prompt."""
+
+    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint
+    mood: str
+    prompt: prompting.PromptResult
+    notices: list[str]
+
+
+def validate_request(request: EditRequest, settings: Settings) -> None:
+    """Refuse bad requests before any slow work, with one line each."""
+    if not request.points and request.mask is None and request.subject is None:
+        raise ValueError("give at least one point on the subject, or a mask")
+    if not 1 <= request.num_inference_steps <= MAX_STEPS:
+        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {request.num_inference_steps}")
+    if not 0.0 < request.strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {request.strength}")
+    if not 0.0 <= request.guidance_scale <= 50.0:
+        raise ValueError(f"guidance must be between 0 and 50, got {request.guidance_scale}")
+    if not 1 <= request.num_candidates <= MAX_CANDIDATES:
+        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {request.num_candidates}")
+    if request.seed is not None and not 0 <= request.seed < 2**32:
+        raise ValueError(f"seed must be between 0 and {2**32 - 1}, got {request.seed}")
+    if request.safety not in SAFETY_LEVELS:
+        raise ValueError(f"unknown safety level {request.safety!r} (choose {', '.join(SAFETY_LEVELS)})")
+    if SAFETY_LEVELS.index(request.safety) < SAFETY_LEVELS.index(settings.min_safety):
+        raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
+    if request.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    if request.erased is not None:
+        from pipelines.erasure import list_erased
+
+        available = list_erased(settings.erased_dir)
+        if request.erased not in available:
+            raise ValueError(f"unknown erased encoder {request.erased!r} "
+                             f"(available: {', '.join(available) or 'none'})")
+    width, height = request.image.size
+    if request.mask is not None and request.mask.shape != (height, width):
+        raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
+                         f"but the photo is {width}x{height}")
+    for p in request.points:
+        if not (0 <= p.x < width and 0 <= p.y < height):
+            raise ValueError(f"point ({p.x}, {p.y}) is outside the photo ({width} x {height})")
+    if request.prompt is None and not request.keyword.strip() and not (request.mood or "").strip() \
+            and request.mood is not None:
+        raise ValueError("type a background keyword or a prompt")
+
+
+def build_mask(request: EditRequest, settings: Settings,
+               predictor: "masking.MaskPredictor | None" = None) -> tuple[np.ndarray, list[str]]:
+    """The full-size repaint mask for a request: a given mask, or SAM (or GrabCut) from the clicks."""
+    if request.mask is not None:
+        # A given mask marks the region to repaint; the rest is kept exactly. Refining it with
+        # subject = not-repaint puts the feather ramp inside the repaint region, like for clicks.
+        subject = request.mask < 0.5
+        notices: list[str] = []
+        if request.edit_subject:
+            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
+    elif request.subject is not None:
+        if request.subject.shape != (request.image.height, request.image.width):
+            raise ValueError("the subject mask does not match the photo")
+        subject, notices = request.subject.astype(bool), []
+    else:
+        if predictor is None:
+            predictor, notices = masking.get_predictor(settings)
+        else:
+            notices = []
+        prediction = masking.predict_masks(request.image, request.points, predictor)
+        notices += prediction.notices
+        index = request.mask_candidate or 0
+        if not 0 <= index < len(prediction.masks):
+            raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
+        subject = prediction.masks[index]
+    repaint = masking.refine_mask(subject, grow=request.grow, feather=request.feather,
+                                  edit_subject=request.edit_subject)
+    if repaint.max() <= 0:
+        raise ValueError("the mask leaves nothing to repaint")
+    if repaint.min() >= 1:
+        raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
+    return repaint, notices
+
+
+def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
+            predictor: "masking.MaskPredictor | None" = None, timings: dict[str, float] | None = None,
+            seed: int | None = None) -> Prepared:
+    """Mask, mood and prompt: everything before diffusion (cheap next to it, but may wait on Ollama)."""
+    timings = {} if timings is None else timings
+    report = on_progress or (lambda *a: None)
+    notices: list[str] = []
+
+    report("mask", 0, 0, None)
+    start = time.perf_counter()
+    mask, mask_notices = build_mask(request, settings, predictor)
+    notices += mask_notices
+    timings["mask"] = time.perf_counter() - start
+
+    tokenizers = prompting.load_tokenizers(settings.sdxl_model)
+    client = None
+    mood = (request.mood or "").strip()
+    if request.prompt is None and request.mood is None:
+        report("mood", 0, 0, None)
+        start = time.perf_counter()
+        client = prompting.make_client(settings.ollama_host, settings.ollama_timeout)
+        mood_result = prompting.describe_mood(
+            request.image, client, settings.vision_model, temperature=settings.llm_temperature,
+            seed=seed, keep_alive=settings.ollama_keep_alive)
+        mood = mood_result.mood
+        notices += mood_result.notices
+        timings["mood"] = time.perf_counter() - start
+
+    report("prompt", 0, 0, None)
+    start = time.perf_counter()
+    if request.prompt is not None:
+        prompt = prompting.user_prompt(request.prompt, tokenizers)
+    else:
+        if not request.keyword.strip() and not mood:
+            raise ValueError("type a background keyword or a prompt")
+        client = client or prompting.make_client(settings.ollama_host, settings.ollama_timeout)
+        prompt = prompting.write_prompt(
+            request.keyword, mood, client, tokenizers, settings.text_model,
+            temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
+    notices += prompt.notices
+    timings["prompt"] = time.perf_counter() - start
+    return Prepared(mask=mask, mood=mood, prompt=prompt, notices=notices)
+
+
+def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
+             should_cancel: Callable[[], bool] | None = None,
+             predictor: "masking.MaskPredictor | None" = None, save: bool = True,
+             out: Path | None = None) -> EditResult:
+    """Run one edit.
+
+    Args:
+        request: the photo, clicks or mask, keyword/mood/prompt and generation settings.
+        settings: models, devices and folders.
+        on_progress: called at each stage and each diffusion step (see `ProgressFn`).
+        should_cancel: polled every diffusion step; True stops the edit (`blending.Cancelled`).
+        predictor: a SAM predictor to reuse (the page keeps one with cached embeddings);
+            None loads the one from settings.
+        save: write the PNGs (to `out`, or the output folder).
+        out: a file path for the first image; further candidates get -2, -3, ... suffixes.
+
+    Returns:
+        The `EditResult`: full-size images, seeds, the final prompt and its token count, the mood,
+        the mask, saved paths, timings per stage and notices.
+
+    Raises:
+        ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
+        RuntimeError: the edit could not run (one line).
+    """
+    from pipelines import blending, safety
+    from pipelines.erasure import with_erased_encoders
+
+    # 1. Check inputs, pick seeds
+    validate_request(request, settings)
+    report = on_progress or (lambda *a: None)
+    seed = request.seed if request.seed is not None else random.randrange(2**32)
+    seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
+    timings: dict[str, float] = {}
+
+    # 2. Mask, mood, prompt
+    ready = prepare(request, settings, on_progress, predictor, timings, seed=seed)
+    notices = list(ready.notices)
+
+    # 3. Load SDXL (cached) and swap in erased text encoders if asked
+    report("load", 0, 0, None)
+    start = time.perf_counter()
+    components = blending.load_sdxl_from_settings(settings)
+    components = with_erased_encoders(components, request.erased, settings.erased_dir)
+    timings["load"] = time.perf_counter() - start
+
+    # 4. Blended latent diffusion at the working size
+    start = time.perf_counter()
+    working = images.to_working(request.image, settings.working_pixels)
+    working_mask = images.resize_mask(ready.mask, working.size)
+    negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
+    prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    preset = safety.get_preset(request.safety)
+    blended = blending.blend(
+        components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
+        negative_prompt=negative, num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
+        safety=preset, sld_concept=request.sld_concept, scheduler=request.scheduler,
+        on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
+    timings["diffusion"] = time.perf_counter() - start
+
+    # 5. Back to full size: the kept region is the original photo, byte for byte
+    start = time.perf_counter()
+    finals = [images.composite(request.image, image, ready.mask) for image in blended.images]
+    timings["composite"] = time.perf_counter() - start
+
+    result = EditResult(
+        images=finals, seeds=list(blended.seeds), prompt=ready.prompt.prompt,
+        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative,
+        mask=ready.mask, timings=timings, notices=notices)
+
+    # 6. Save, with the parameters that reproduce each image
+    if save:
+        report("save", 0, 0, None)
+        start = time.perf_counter()
+        effective = blended.safety
+        for image, image_seed in zip(finals, result.seeds):
+            text = format_parameters(request, result, image_seed, working.size, settings.sdxl_model,
+                                     prompt_2, effective)
+            path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
+                                     index=len(result.paths))
+            if renamed:
+                notices.append(f"{renamed} exists; wrote {path} instead")
+            result.paths.append(path)
+        timings["save"] = time.perf_counter() - start
+    return result
+
+
+# --- saved outputs ------------------------------------------------------------------------------
+
+def format_parameters(request: EditRequest, result: EditResult, seed: int, size: tuple[int, int],
+                      model: str, prompt_2: str, effective_safety=None) -> str:
+    """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs."""
+    from pipelines.safety import PRESET_LABELS
+
+    safety = PRESET_LABELS[request.safety]
+    if effective_safety is not None:
+        safety += f" (warm-up {effective_safety.sld_warmup_steps} of {request.num_inference_steps} steps)"
+    fields = {
+        "Steps": request.num_inference_steps,
+        "Sampler": SAMPLER_NAMES[request.scheduler],
+        "CFG scale": request.guidance_scale,
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model": Path(model).name if Path(model).exists() else model.split("/")[-1],
+        "Denoising strength": request.strength,
+        "Safety": safety,
+        "Erased encoder": request.erased or "none",
+        "Mood": result.mood or "none",
+        "Prompt 2": prompt_2,
+        "Original size": f"{request.image.width}x{request.image.height}",
+        "Backdrop edit": "subject" if request.edit_subject else "background",
+    }
+    tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
+    return f"{result.prompt}\nNegative prompt: {result.negative_prompt}\n{tail}"
+
+
+def _quote(value: str) -> str:
+    # A1111 quotes values that contain the separators; json-style escaping of quotes.
+    return '"' + value.replace('"', '\\"') + '"' if ("," in value or ":" in value) else value
+
+
+def read_parameters(path: str | Path) -> dict[str, str]:
+    """Parse a saved PNG's `parameters` chunk back into a dict (prompt, negative prompt and each field)."""
+    with Image.open(path) as image:
+        text = image.info.get("parameters")
+    if text is None:
+        raise ValueError(f"{path} has no Backdrop/SD parameters")
+    prompt, negative, tail = text.split("\n", 2)
+    out = {"Prompt": prompt, "Negative prompt": negative.removeprefix("Negative prompt: ")}
+    for match in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)', tail):
+        key, value = match.group(1).strip(), match.group(2).strip()
+        if value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"')
+        out[key] = value
+    return out
+
+
+def save_png(image: Image.Image, parameters: str, *, out: Path | None, folder: Path, seed: int,
+             index: int = 0) -> tuple[Path, Path | None]:
+    """Save a PNG with its parameters, never overwriting a file.
+
+    Returns:
+        (the path written, the requested path if it existed and another name was used, else None).
+    """
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    if out is not None:
+        out = Path(out)
+        wanted = out if index == 0 else out.with_name(f"{out.stem}-{index + 1}{out.suffix or '.png'}")
+        if not wanted.suffix:
+            wanted = wanted.with_suffix(".png")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        wanted = Path(folder) / f"backdrop-{stamp}-{seed}.png"
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = wanted, 1
+    while True:
+        try:
+            # "x" mode creates the file atomically and fails if it exists: no overwrite, even racing.
+            with open(candidate, "xb") as handle:
+                image.save(handle, "PNG", pnginfo=info)
+            return candidate, (wanted if candidate != wanted else None)
+        except FileExistsError:
+            n += 1
+            candidate = wanted.with_name(f"{wanted.stem}_{n}{wanted.suffix}")

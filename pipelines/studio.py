@@ -1,0 +1,174 @@
+"""What the page needs besides the stages, without any Gradio: work started early, per photo.
+
+The page should feel immediate. As soon as a photo is uploaded, `Studio.add_photo` starts its SAM
+image embedding and its LLaVA mood in background threads, while the person is still clicking and
+typing. A click then only waits for that photo's embedding (usually done by then), and Generate
+reuses the mood instead of asking LLaVA again. Results are kept per photo (keyed by content hash,
+bounded), so two people editing two photos never see each other's work.
+
+Cancel flags are kept per browser session; the diffusion loop polls them every step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+
+from pipelines import editing, images, masking, prompting
+from pipelines.settings import Settings
+from pipelines.types import ClickPoint, EditRequest, EditResult
+
+MAX_PHOTOS = 16  # photos whose background work is remembered
+
+
+@dataclass
+class PhotoJobs:
+    image: Image.Image
+    embedding: Future  # -> None, once SAM's embedding is cached (or SAM is unavailable)
+    mood: Future  # -> prompting.MoodResult
+
+
+class Studio:
+    """Background work per photo, shared models, cancel flags and status lines for the page."""
+
+    def __init__(self, settings: Settings, predictor: masking.MaskPredictor | None = None):
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backdrop-bg")
+        self._lock = threading.Lock()
+        self._photos: OrderedDict[str, PhotoJobs] = OrderedDict()
+        self._predictor = predictor
+        self._predictor_notices: list[str] = []
+        self._predictor_ready = predictor is not None
+        self._predictor_lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+
+    # --- models ------------------------------------------------------------------------------
+    def predictor(self) -> tuple[masking.MaskPredictor | None, list[str]]:
+        """The shared SAM predictor (loaded once; None with a notice when only GrabCut is possible)."""
+        with self._predictor_lock:
+            if not self._predictor_ready:
+                self._predictor, self._predictor_notices = masking.get_predictor(self.settings)
+                self._predictor_ready = True
+        return self._predictor, list(self._predictor_notices)
+
+    def tokenizers(self):
+        return prompting.load_tokenizers(self.settings.sdxl_model)
+
+    def client(self):
+        return prompting.make_client(self.settings.ollama_host, self.settings.ollama_timeout)
+
+    # --- per photo ---------------------------------------------------------------------------
+    def add_photo(self, image: Image.Image) -> str:
+        """Remember a photo and start its SAM embedding and LLaVA mood. Returns its key."""
+        key = images.image_hash(image)
+        with self._lock:
+            if key in self._photos:
+                self._photos.move_to_end(key)
+                return key
+            jobs = PhotoJobs(image=image, embedding=self._pool.submit(self._embed, image),
+                             mood=self._pool.submit(self._mood, image))
+            self._photos[key] = jobs
+            while len(self._photos) > MAX_PHOTOS:
+                self._photos.popitem(last=False)
+        return key
+
+    def _embed(self, image: Image.Image) -> None:
+        predictor, _ = self.predictor()
+        if predictor is not None:
+            predictor.embed(image)
+
+    def _mood(self, image: Image.Image) -> prompting.MoodResult:
+        s = self.settings
+        return prompting.describe_mood(image, self.client(), s.vision_model, temperature=s.llm_temperature,
+                                       keep_alive=s.ollama_keep_alive)
+
+    def _jobs(self, key: str) -> PhotoJobs:
+        with self._lock:
+            jobs = self._photos.get(key)
+        if jobs is None:
+            raise ValueError("this photo is no longer loaded: upload it again")
+        return jobs
+
+    def image(self, key: str) -> Image.Image:
+        return self._jobs(key).image
+
+    def mood(self, key: str) -> prompting.MoodResult:
+        """The photo's mood, waiting for LLaVA at most the Ollama time-out (plus a margin)."""
+        future = self._jobs(key).mood
+        try:
+            return future.result(timeout=self.settings.ollama_timeout + 5)
+        except TimeoutError:
+            return prompting.MoodResult(mood="", keywords=[], source="unavailable",
+                                        notices=["LLaVA did not answer in time; type a mood or leave it empty"])
+
+    def predict(self, key: str, points: list[ClickPoint], mask_input=None) -> masking.MaskPrediction:
+        """SAM's three masks for the clicks (GrabCut without SAM). Waits for the photo's embedding."""
+        jobs = self._jobs(key)
+        jobs.embedding.result()  # re-raises an embedding failure here, once per click
+        predictor, notices = self.predictor()
+        prediction = masking.predict_masks(jobs.image, points, predictor, mask_input=mask_input)
+        prediction.notices = notices + [n for n in prediction.notices if n not in notices]
+        return prediction
+
+    # --- prompt ------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return prompting.count_tokens(text, self.tokenizers()) if text.strip() else 0
+
+    def write_prompt(self, keyword: str, mood: str, seed: int | None = None) -> prompting.PromptResult:
+        s = self.settings
+        return prompting.write_prompt(keyword, mood, self.client(), self.tokenizers(), s.text_model,
+                                      temperature=s.llm_temperature, seed=seed,
+                                      keep_alive=s.ollama_keep_alive)
+
+    # --- editing -----------------------------------------------------------------------------
+    def edit(self, request: EditRequest, session: str, on_progress=None) -> EditResult:
+        """Run an edit for a browser session; `cancel(session)` stops it at the next step."""
+        event = threading.Event()
+        with self._lock:
+            self._cancel[session] = event
+        try:
+            predictor, _ = self.predictor()
+            return editing.run_edit(request, self.settings, on_progress=on_progress,
+                                    should_cancel=event.is_set, predictor=predictor)
+        finally:
+            with self._lock:
+                if self._cancel.get(session) is event:
+                    del self._cancel[session]
+
+    def cancel(self, session: str) -> bool:
+        """Ask the session's running edit to stop; False when nothing is running."""
+        with self._lock:
+            event = self._cancel.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def pull_missing(self, on_progress=None) -> list[str]:
+        """Pull the vision and text models if Ollama lacks them; returns the names pulled."""
+        client = self.client()
+        try:
+            present = {m.model.split(":")[0] for m in client.list().models if m.model}
+        except Exception as exc:  # noqa: BLE001 - any client failure means "not reachable"
+            raise RuntimeError(f"Ollama is not reachable at {self.settings.ollama_host}: start it with `ollama serve`") from exc
+        pulled = []
+        for model in (self.settings.vision_model, self.settings.text_model):
+            if model.split(":")[0] not in present:
+                prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
+                                     if on_progress else None)
+                pulled.append(model)
+        return pulled
+
+    # --- status ------------------------------------------------------------------------------
+    def status_lines(self) -> list[str]:
+        """One line per component (SAM, Ollama, SDXL), each saying what to do when it is missing."""
+        from pipelines.blending import sdxl_status
+
+        s = self.settings
+        return [masking.sam_status(s),
+                prompting.ollama_status(self.client(), (s.vision_model, s.text_model)),
+                sdxl_status(s)]

@@ -1,0 +1,129 @@
+"""The real page in headless Chromium: `python app.py` with tiny models and the fake Ollama.
+
+A person uploads a photo, clicks the subject, sees the overlay change, types a keyword, moves the
+safety slider to Hyp-Strong, generates, sees the result and downloads it. Then two people at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_photo
+from PIL import Image
+
+from pipelines.editing import read_parameters
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not __import__("os").environ.get("CI"),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tiny_env, tmp_path):
+    port = _free_port()
+    env = {**tiny_env, "BACKDROP_PORT": str(port)}
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("app did not start:\n" + (tmp_path / "app.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+def _photo_src(page) -> str:
+    return page.locator("#photo img").first.get_attribute("src") or ""
+
+
+def _edit(page, url, photo_path, tmp_path, name):
+    """Upload, click, keyword, Hyp-Strong, 3 steps; returns once generation was started."""
+    page.goto(url)
+    page.locator("#photo input[type=file]").set_input_files(str(photo_path))
+    page.locator("#photo img").first.wait_for(timeout=30_000)
+    page.get_by_label("Mood").first.wait_for()
+    before = _photo_src(page)
+    box = page.locator("#photo img").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the disk (the subject)
+    page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
+                           arg=before, timeout=30_000)
+    page.locator("#keyword textarea").fill("forest")
+    page.locator("#safety input[type=range]").fill("3")
+    page.get_by_text("Hyp-Strong: warm-up").wait_for(timeout=10_000)
+    page.get_by_text("Advanced").click()
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("3")
+    steps.press("Enter")
+    page.locator("#generate").click()
+
+
+def _download(page, tmp_path, name) -> Path:
+    page.locator("#result img").first.wait_for(timeout=180_000)
+    link = page.locator("#downloads a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    path = tmp_path / f"{name}.png"
+    download.value.save_as(path)
+    return path
+
+
+def test_one_edit_in_the_browser(app_url, browser, tmp_path, fake_ollama):
+    photo = tmp_path / "photo.png"
+    make_photo(160, 120).save(photo)
+    page = browser.new_page()
+    _edit(page, app_url, photo, tmp_path, "one")
+    saved = _download(page, tmp_path, "one")
+    assert Image.open(saved).size == (160, 120)
+    params = read_parameters(saved)
+    assert params["Safety"].startswith("Hyp-Strong") and params["Steps"] == "3"
+    assert "forest" in params["Prompt"] or params["Prompt"] == "misty pine forest at dawn, soft light, award winning photograph"
+    assert page.get_by_label("Mood").first.input_value() == "Stylish, modern, contemporary"
+    assert any(b["model"] == "llava" and b["messages"][-1].get("images") for b in fake_ollama.bodies("/api/chat"))
+
+
+def test_two_sessions_at_once_get_their_own_results(app_url, browser, tmp_path):
+    photos = {"wide": (160, 120, (200, 40, 40)), "tall": (120, 160, (40, 40, 200))}
+    pages = {}
+    for name, (w, h, color) in photos.items():
+        path = tmp_path / f"{name}.png"
+        make_photo(w, h, seed=len(name), color=color).save(path)
+        pages[name] = browser.new_context().new_page()
+        _edit(pages[name], app_url, path, tmp_path, name)
+    for name, (w, h, color) in photos.items():
+        saved = _download(pages[name], tmp_path, f"result-{name}")
+        assert Image.open(saved).size == (w, h)
+        assert read_parameters(saved)["Original size"] == f"{w}x{h}"

@@ -1,0 +1,93 @@
+"""`python -m pipelines` in a subprocess: exit codes, one-line errors, the --json record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import make_photo
+from PIL import Image
+
+from pipelines.editing import read_parameters
+
+
+def _run(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def photo_path(tmp_path):
+    path = tmp_path / "photo.png"
+    make_photo(160, 120).save(path)
+    return path
+
+
+def test_edit_json_record_and_file(tiny_env, tmp_path, photo_path, fake_ollama):
+    out = tmp_path / "out.png"
+    done = _run(["edit", str(photo_path), "--point", "80,60", "--point", "5,5,0", "--keyword", "forest",
+                 "--safety", "medium", "--steps", "3", "--seed", "42", "--out", str(out), "--json"],
+                tiny_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["outputs"] == [str(out)] and record["seeds"] == [42]
+    assert record["prompt"] == "misty pine forest at dawn, soft light, award winning photograph"
+    assert record["prompt_tokens"] == 14 and record["mood"] == "Stylish, modern, contemporary"
+    assert {"mask", "diffusion"} <= set(record["timings"])
+    assert Image.open(out).size == (160, 120)
+    assert read_parameters(out)["Safety"].startswith("Hyp-Medium")
+    assert "diffusion: step 3/3" in done.stderr  # progress on stderr
+
+
+def test_existing_out_gets_a_new_name(tiny_env, tmp_path, photo_path):
+    out = tmp_path / "taken.png"
+    out.write_bytes(b"keep me")
+    mask = Image.new("L", (160, 120), 0)
+    mask.paste(255, (80, 0, 160, 120))
+    mask.save(tmp_path / "mask.png")
+    done = _run(["edit", str(photo_path), "--mask", str(tmp_path / "mask.png"), "--prompt", "a galaxy",
+                 "--steps", "2", "--seed", "1", "--out", str(out), "--json"], tiny_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == b"keep me"
+    assert json.loads(done.stdout)["outputs"] == [str(tmp_path / "taken_2.png")]
+    assert "taken.png exists" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--point", "500,10"], "error: point (500, 10) is outside the photo (160 x 120)"),
+    (["--point", "80,60", "--steps", "0"], "error: steps must be between 1 and 200, got 0"),
+    (["--point", "80,60", "--erased", "nope"], "error: unknown erased encoder 'nope' (available: none)"),
+    (["--point", "80,60,7"], "error: point label must be 1 (subject) or 0 (not subject), got 7"),
+    (["--point", "eighty"], "error: argument --point: 'eighty' is not X,Y or X,Y,LABEL"),
+])
+def test_bad_input_exits_2_with_one_line(tiny_env, tmp_path, photo_path, args, message):
+    done = _run(["edit", str(photo_path), "--prompt", "x", *args], tiny_env, tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), done.stderr
+
+
+def test_non_image_is_refused(tiny_env, tmp_path):
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not a photo")
+    done = _run(["edit", str(bogus), "--point", "1,1", "--prompt", "x"], tiny_env, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)"
+
+
+def test_bad_setting_names_the_variable(tiny_env, tmp_path, photo_path):
+    env = {**tiny_env, "BACKDROP_DEVICE": "tpu"}
+    done = _run(["edit", str(photo_path), "--point", "1,1", "--prompt", "x"], env, tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: BACKDROP_DEVICE='tpu' is not valid")
+
+
+def test_presets_json(tiny_env, tmp_path):
+    done = _run(["presets", "--json"], tiny_env, tmp_path)
+    assert done.returncode == 0
+    table = json.loads(done.stdout)
+    assert table["Hyp-Weak"] == {"sld_warmup_steps": 15, "sld_guidance_scale": 200, "sld_threshold": 0.0,
+                                 "sld_momentum_scale": 0.0, "sld_mom_beta": 0.0}
+    assert table["Hyp-Max"]["sld_guidance_scale"] == 5000 and table["Hyp-Max"]["sld_threshold"] == 1.0
+    assert list(table) == ["Hyp-Weak", "Hyp-Medium", "Hyp-Strong", "Hyp-Max"]
