@@ -7,6 +7,7 @@ as Ollama does. Every request body is recorded in `requests`.
     server = FakeOllama().start()
     server.script("llava", text="calm, warm, cozy")
     server.script("llama2", status=500, error="out of memory")
+    server.script("llama2", text="a slow reply", chunk_delay=0.5)  # streamed a word every 0.5 s
     ...  # point the code at server.url
     server.stop()
 
@@ -32,6 +33,7 @@ class Script:
     error: str = ""
     delay: float = 0.0  # seconds to wait before answering
     raw_body: bytes | None = None  # answer these bytes verbatim (protocol garbage)
+    chunk_delay: float = 0.0  # seconds between streamed chunks (a reply that trickles in)
 
 
 @dataclass
@@ -55,8 +57,8 @@ class FakeOllama:
 
     # --- scripting ---------------------------------------------------------------------------
     def script(self, model: str, text: str = "", status: int = 200, error: str = "",
-               delay: float = 0.0, raw_body: bytes | None = None) -> None:
-        self.scripts[_base(model)] = Script(text, status, error, delay, raw_body)
+               delay: float = 0.0, raw_body: bytes | None = None, chunk_delay: float = 0.0) -> None:
+        self.scripts[_base(model)] = Script(text, status, error, delay, raw_body, chunk_delay)
 
     def remove(self, model: str) -> None:
         self.scripts.pop(_base(model), None)
@@ -75,7 +77,8 @@ class FakeOllama:
     def start(self) -> "FakeOllama":
         self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # a short poll interval: stop() (every test's teardown) returns in 0.05 s instead of 0.5 s
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -116,14 +119,20 @@ def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _send_stream(self, chunks: list[dict]) -> None:
+        def _send_stream(self, chunks: list[dict], chunk_delay: float = 0.0) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                if chunk_delay and i:
+                    time.sleep(chunk_delay)
                 line = json.dumps(chunk).encode() + b"\n"
-                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                try:
+                    self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client stopped reading (it gave up at its deadline)
             self.wfile.write(b"0\r\n\r\n")
 
         def _body(self) -> dict | None:
@@ -193,7 +202,8 @@ def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
             if body.get("stream", True):
                 words = script.text.split(" ")
                 parts = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-                return self._send_stream([piece(p, False) for p in parts] + [piece("", True)])
+                return self._send_stream([piece(p, False) for p in parts] + [piece("", True)],
+                                         script.chunk_delay)
             self._send_json(200, piece(script.text, True))
 
         def _pull(self, model: str, body: dict) -> None:
