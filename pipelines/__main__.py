@@ -33,9 +33,12 @@ def _point(text: str):
         if len(parts) not in (2, 3):
             raise ValueError
         x, y, *label = (int(float(p)) for p in parts)
-        return ClickPoint(x, y, label[0] if label else 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not X,Y or X,Y,LABEL (label 1 subject, 0 not)") from None
+    try:
+        return ClickPoint(x, y, label[0] if label else 1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_photo
@@ -13,7 +14,12 @@ from PIL import Image
 from pipelines.editing import read_parameters
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _run(args, env, cwd):
+    # `cwd` is where a user stands; the package is found from the repository, as after a clone.
+    env = {**env, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
@@ -59,7 +65,7 @@ def test_existing_out_gets_a_new_name(tiny_env, tmp_path, photo_path):
     (["--point", "500,10"], "error: point (500, 10) is outside the photo (160 x 120)"),
     (["--point", "80,60", "--steps", "0"], "error: steps must be between 1 and 200, got 0"),
     (["--point", "80,60", "--erased", "nope"], "error: unknown erased encoder 'nope' (available: none)"),
-    (["--point", "80,60,7"], "error: point label must be 1 (subject) or 0 (not subject), got 7"),
+    (["--point", "80,60,7"], "error: argument --point: point label must be 1 (subject) or 0 (not subject), got 7"),
     (["--point", "eighty"], "error: argument --point: 'eighty' is not X,Y or X,Y,LABEL"),
 ])
 def test_bad_input_exits_2_with_one_line(tiny_env, tmp_path, photo_path, args, message):
@@ -87,7 +93,7 @@ def test_presets_json(tiny_env, tmp_path):
     done = _run(["presets", "--json"], tiny_env, tmp_path)
     assert done.returncode == 0
     table = json.loads(done.stdout)
-    assert table["Hyp-Weak"] == {"sld_warmup_steps": 15, "sld_guidance_scale": 200, "sld_threshold": 0.0,
+    assert table["Hyp-Weak"] == {"level": "weak", "sld_warmup_steps": 15, "sld_guidance_scale": 200, "sld_threshold": 0.0,
                                  "sld_momentum_scale": 0.0, "sld_mom_beta": 0.0}
     assert table["Hyp-Max"]["sld_guidance_scale"] == 5000 and table["Hyp-Max"]["sld_threshold"] == 1.0
     assert list(table) == ["Hyp-Weak", "Hyp-Medium", "Hyp-Strong", "Hyp-Max"]
