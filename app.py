@@ -9,8 +9,8 @@ turns errors into `gr.Error`. Models never live in session state: the state hold
 the clicks and the current SAM prediction.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Gradio reads the handlers' annotations
+# (gr.SelectData, gr.Request, gr.Progress) at run time to know what to pass them.
 import argparse
 import sys
 
