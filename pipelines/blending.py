@@ -1,0 +1,556 @@
+"""Blended latent diffusion on SDXL, with Safe Latent Diffusion inside classifier-free guidance.
+
+Blended Latent Diffusion (BLD; Avrahami, Fried & Lischinski, SIGGRAPH 2023, Alg. 1) repaints only
+the masked part of a photo with a text-to-image model:
+
+    z0 = E(x) · scaling_factor                          (the photo's latents, deterministic)
+    z_T = noise(z0, t_start)                             (pure noise when strength = 1)
+    for each step t:
+        z_{t-1} = scheduler step with CFG (and SLD)
+        z_{t-1} = m ⊙ z_{t-1} + (1 − m) ⊙ noise(z0, t−1)  (z0 itself after the last step)
+    image = D(z_0), then composited onto the photo in pixels with the feathered mask.
+
+noise(z0, t) uses the one noise tensor drawn for the candidate, so the background follows the same
+noise trajectory throughout; m is 1 on every latent pixel whose 8x8 block has a pixel to repaint
+(`latent_mask`).
+
+We run our own loop instead of diffusers' `StableDiffusionXLInpaintPipeline` because SLD has to sit
+inside classifier-free guidance (a third batch slot for the concept text). With SLD off, the loop
+gives the same latents as that pipeline with a 4-channel UNet (tests/test_blending.py shows it);
+the one deliberate difference, the deterministic photo latents, is explained in `encode_image`.
+
+Heavy imports (torch, diffusers, transformers) happen when this module is imported: it is the
+diffusion stage. Importing it loads no weights; `load_sdxl` does, once per configuration.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from pipelines import images
+from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
+from pipelines.settings import SCHEDULERS, Settings  # SCHEDULERS: ("euler", "dpmpp_2m")
+
+PREVIEW_EVERY = 5  # on_step gets a latent preview every this many steps (and after the last one)
+
+# SDXL latents (already multiplied by the scaling factor) to RGB in [-1, 1], a linear fit; from
+# ComfyUI's latent_formats.SDXL. Good enough for a progress preview, no VAE needed.
+SDXL_LATENT_RGB_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+class Cancelled(Exception):
+    """The caller's `should_cancel()` returned True; the edit stopped between two steps."""
+
+
+class GpuOutOfMemory(RuntimeError):
+    """The GPU ran out of memory during an edit. Its memory has been freed; the next edit can run."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SDXLComponents:
+    """The parts of SDXL the loop uses. Frozen: to swap the text encoders for erased ones, make a
+    copy with `dataclasses.replace(components, text_encoder=..., text_encoder_2=...)`."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL  # float32 when SDXL's VAE would overflow in float16 (config.force_upcast)
+    text_encoder: CLIPTextModel  # CLIP ViT-L: penultimate hidden states
+    text_encoder_2: CLIPTextModelWithProjection  # OpenCLIP bigG: penultimate states + pooled projection
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer  # pads with "!"
+    scheduler_config: dict  # the model's scheduler config; a fresh scheduler is built per candidate
+    model_id: str  # hub id or local folder it came from
+    device: str  # where the models run ("cuda", "cuda:1", "cpu", ...)
+    dtype: torch.dtype  # UNet and text encoders (float16 on CUDA, float32 on CPU)
+    cpu_offload: bool = False  # models wait on the CPU and move to `device` only while they run
+    force_zeros_for_empty_prompt: bool = True  # model_index.json: an empty negative prompt is zeros
+    vae_tiling: bool = False  # the VAE encodes and decodes large images tile by tile
+
+
+_CACHE: OrderedDict[tuple, SDXLComponents] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 2  # SDXL is about 7 GB in float16: keep at most two configurations loaded
+
+
+def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+              cpu_offload: bool = False, vae_tiling: bool = False) -> SDXLComponents:
+    """Load SDXL's components from a hub id or a local diffusers folder, cached per configuration.
+
+    Args:
+        model: a Hugging Face model id or a folder in diffusers' layout (model_index.json, unet/, vae/,
+            text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/).
+        device: where the models run.
+        dtype: dtype of the UNet and the text encoders. With float16, a VAE whose config says
+            `force_upcast` (SDXL's does) is kept in float32, since it overflows in float16.
+        cpu_offload: keep the models on the CPU and move each to `device` only while it runs (for GPUs
+            of about 12 GB). Ignored when `device` is the CPU. The models move while an edit runs,
+            so edits on offloaded components must not overlap (the page runs one at a time).
+        vae_tiling: let the VAE work tile by tile on large images.
+
+    Returns:
+        The components; the same object for the same arguments while it stays in the cache.
+
+    Raises:
+        FileNotFoundError: the weights are neither in the folder nor in the local hub cache (one line
+            saying what to download and where).
+    """
+    offload = bool(cpu_offload) and torch.device(device).type != "cpu"
+    key = (str(model), str(device), dtype, offload, bool(vae_tiling))
+    with _CACHE_LOCK:  # one load at a time: two concurrent SDXL loads would need twice the memory
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        components = _load_uncached(str(model), str(device), dtype, offload, bool(vae_tiling))
+        _CACHE[key] = components
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return components
+
+
+def load_sdxl_from_settings(settings: Settings) -> SDXLComponents:
+    """`load_sdxl` with the model, device, dtype, offload and tiling from the settings."""
+    device = settings.resolve_device()
+    return load_sdxl(settings.sdxl_model, device, settings.resolve_dtype(device),
+                     cpu_offload=settings.cpu_offload, vae_tiling=settings.vae_tiling)
+
+
+def sdxl_status(settings: Settings) -> str:
+    """One line for the page about where SDXL will run. Loads nothing."""
+    device = settings.resolve_device()
+    dtype = str(settings.resolve_dtype(device)).removeprefix("torch.")
+    if torch.device(device).type == "cpu":
+        return f"SDXL on cpu ({dtype}): slow, a GPU is recommended"
+    return f"SDXL on {device} ({dtype})" + (", CPU offload" if settings.cpu_offload else "")
+
+
+def _load_uncached(model: str, device: str, dtype: torch.dtype, cpu_offload: bool,
+                   vae_tiling: bool) -> SDXLComponents:
+    try:
+        index = DiffusionPipeline.load_config(model)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+        # SDXL's VAE overflows in float16 (diffusers' `force_upcast`): then it stays float32 and
+        # latents are cast on the way in and out.
+        vae_upcast = dtype == torch.float16 and AutoencoderKL.load_config(model, subfolder="vae").get("force_upcast")
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32 if vae_upcast else dtype)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
+        scheduler_config = dict(EulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
+    except OSError as err:  # diffusers and transformers raise OSError (EnvironmentError) for missing files
+        raise FileNotFoundError(_missing_weights_message(model)) from err
+
+    if vae_tiling:
+        vae.enable_tiling()
+    modules = (unet, vae, text_encoder, text_encoder_2)
+    for module in modules:
+        module.eval().requires_grad_(False)
+        if not cpu_offload:
+            module.to(device)
+    return SDXLComponents(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler_config=scheduler_config,
+        model_id=model, device=device, dtype=dtype, cpu_offload=cpu_offload,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+        vae_tiling=vae_tiling,
+    )
+
+
+def _missing_weights_message(model: str) -> str:
+    if Path(model).expanduser().exists():
+        default_id = Settings.__dataclass_fields__["sdxl_model"].default
+        return (f"SDXL weights not found in {model}: it must be a diffusers folder (model_index.json, unet/, "
+                f"vae/, text_encoder*/, tokenizer*/, scheduler/), e.g. from "
+                f"`huggingface-cli download {default_id} --local-dir {model}`")
+    return (f"SDXL weights not found for {model}: run once online, or `huggingface-cli download {model} "
+            f"--local-dir DIR` and set BACKDROP_SDXL_MODEL=DIR")
+
+
+@contextmanager
+def _on_device(components: SDXLComponents, module: torch.nn.Module) -> Iterator[None]:
+    """With CPU offload, move `module` to the GPU for the block and back to the CPU after it."""
+    if not components.cpu_offload:
+        yield
+        return
+    module.to(components.device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ------------------------------------------------------------------------------------------------
+# The steps of `blend`, each usable on its own
+# ------------------------------------------------------------------------------------------------
+
+
+def encode_prompt(components: SDXLComponents, prompt: str,
+                  prompt_2: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a text with both SDXL text encoders, as diffusers' `StableDiffusionXLPipeline.encode_prompt`.
+
+    Args:
+        prompt: text for the first encoder (CLIP ViT-L), cut at 77 tokens.
+        prompt_2: text for the second encoder (OpenCLIP bigG); None: `prompt`.
+
+    Returns:
+        (prompt_embeds, pooled_prompt_embeds): (1, 77, 768 + 1280) float, the penultimate hidden states
+        of both encoders concatenated on the last axis; (1, 1280) the second encoder's pooled projection.
+        On `components.device`, in `components.dtype`.
+    """
+    encoders = ((prompt, components.tokenizer, components.text_encoder),
+                (prompt_2 or prompt, components.tokenizer_2, components.text_encoder_2))
+    hidden_states, pooled = [], None
+    for text, tokenizer, text_encoder in encoders:
+        input_ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+        with _on_device(components, text_encoder):
+            output = text_encoder(input_ids.to(_module_device(text_encoder)), output_hidden_states=True)
+        hidden_states.append(output.hidden_states[-2].to(components.device))  # SDXL uses the penultimate layer
+        pooled = getattr(output, "text_embeds", None)  # only the second encoder has a projection
+    prompt_embeds = torch.cat(hidden_states, dim=-1).to(components.dtype)
+    return prompt_embeds, pooled.to(device=components.device, dtype=components.dtype)
+
+
+def encode_image(components: SDXLComponents, image: Image.Image) -> torch.Tensor:
+    """The photo's latents z0 (BLD): the VAE posterior's MEAN times the scaling factor.
+
+    Deliberate difference from diffusers' inpaint pipeline, which draws a sample of the posterior
+    (`retrieve_latents(..., sample_mode="sample")`, using the generator): the kept region must come
+    back from the same latents for every seed, and a sample would also use up random numbers before
+    the noise is drawn. With `sample_mode="argmax"` diffusers takes the mode, which for the VAE's
+    diagonal Gaussian is this mean, and its noise then matches ours (the parity test does that).
+
+    Args:
+        image: RGB, sides multiples of 8.
+
+    Returns:
+        (1, 4, H/8, W/8) in `components.dtype`, on `components.device`.
+    """
+    vae = components.vae
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0  # as diffusers' image processor
+    pixels = torch.from_numpy(pixels[None]).permute(0, 3, 1, 2)  # a view, as diffusers' numpy_to_pt
+    pixels = 2.0 * pixels - 1.0
+    with _on_device(components, vae):
+        pixels = pixels.to(device=_module_device(vae), dtype=vae.dtype)
+        mean = vae.encode(pixels).latent_dist.mean
+    latents = mean.to(device=components.device, dtype=components.dtype).contiguous()  # not channels-last
+    return latents * vae.config.scaling_factor
+
+
+def latent_mask(mask: np.ndarray, vae_scale_factor: int = 8) -> torch.Tensor:
+    """The BLD latent mask: 1 for every latent pixel whose 8x8 block holds any pixel to repaint.
+
+    Area downsampling (mean over each block, then > 0) rather than diffusers' nearest-neighbour pick
+    of the block's top-left pixel: a thin repaint region (a strand of background between arms, a
+    1-pixel line) is kept however it falls on the grid. The kept pixels inside such a block are
+    restored exactly by the pixel composite afterwards. For a mask aligned to the 8-pixel grid both
+    give the same result (the parity test relies on that).
+
+    Args:
+        mask: float32 (H, W) in [0, 1], 1 = repaint, H and W multiples of `vae_scale_factor`.
+
+    Returns:
+        float32 (1, 1, H/8, W/8) of 0s and 1s, on the CPU.
+    """
+    area = torch.nn.functional.avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], vae_scale_factor)
+    return (area > 0).to(torch.float32)
+
+
+def make_scheduler(components: SDXLComponents, scheduler: str = "euler"):
+    """A fresh scheduler (they keep per-run state) from the model's scheduler config.
+
+    "euler": `EulerDiscreteScheduler` (SDXL's default). "dpmpp_2m": `DPMSolverMultistepScheduler`
+    as DPM++ 2M (`algorithm_type="dpmsolver++"`, `solver_order=2`).
+    """
+    if scheduler == "euler":
+        return EulerDiscreteScheduler.from_config(components.scheduler_config)
+    if scheduler == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(
+            components.scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+
+
+def latents_to_preview(latents: torch.Tensor) -> Image.Image:
+    """A cheap RGB preview of SDXL latents (1, 4, h, w) through a linear map; the image is h x w."""
+    factors = torch.tensor(SDXL_LATENT_RGB_FACTORS, dtype=torch.float32)
+    bias = torch.tensor(SDXL_LATENT_RGB_BIAS, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float().cpu(), factors) + bias
+    rgb = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return Image.fromarray(rgb, "RGB")
+
+
+def decode_latents(components: SDXLComponents, latents: torch.Tensor) -> Image.Image:
+    """Decode latents (1, 4, h, w) to an RGB image (8w x 8h) as diffusers does (float32 VAE for SDXL)."""
+    vae = components.vae
+    with _on_device(components, vae):
+        latents = latents.to(device=_module_device(vae), dtype=vae.dtype) / vae.config.scaling_factor
+        decoded = vae.decode(latents, return_dict=False)[0]
+    decoded = (decoded / 2 + 0.5).clamp(0, 1)  # diffusers' image_processor.postprocess
+    array = decoded.cpu().permute(0, 2, 3, 1).float().numpy()[0]
+    return Image.fromarray((array * 255).round().astype("uint8"), "RGB")
+
+
+# ------------------------------------------------------------------------------------------------
+# The edit
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BlendResult:
+    """What `blend` produced."""
+
+    images: list[Image.Image]  # working-size RGB, one per candidate; pixels where mask == 0 are the input's
+    seeds: list[int]  # the seed of each candidate
+    latents: list[torch.Tensor]  # final latents per candidate, (1, 4, H/8, W/8), on the CPU
+    safety: SafetyPreset | None  # the EFFECTIVE SLD preset (δ scaled to the step count), None when off
+    unet_calls: int  # UNet forward passes over all candidates (one per executed step each)
+
+
+def blend(
+    components: SDXLComponents,
+    image: Image.Image,
+    mask: np.ndarray,
+    prompt: str,
+    *,
+    prompt_2: str | None = None,
+    negative_prompt: str = "",
+    negative_prompt_2: str | None = None,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    strength: float = 1.0,
+    seeds: Sequence[int] = (0,),
+    safety: SafetyPreset | None = None,
+    sld_concept: str | None = None,
+    scheduler: str = "euler",
+    on_step: Callable[[int, int, Image.Image | None], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> BlendResult:
+    """Repaint the masked part of a photo with SDXL (Blended Latent Diffusion), optionally with SLD.
+
+    Args:
+        components: from `load_sdxl` (or with erased text encoders swapped in).
+        image: the photo at its working size, RGB, sides multiples of 8 (64 for SDXL's best results).
+        mask: float32 (H, W) in [0, 1] at the image's size, 1 = repaint. Any value > 0 frees the latent
+            pixel underneath; the output is `images.composite(image, decoded, mask)`, so pass the
+            feathered mask and the seam is soft while pixels where it is 0 stay the input's exactly.
+        prompt, prompt_2: text for the first and second text encoder (prompt_2 None: prompt).
+        negative_prompt, negative_prompt_2: the unconditional text. Empty (both): zeros, when the
+            model says `force_zeros_for_empty_prompt` (SDXL base does), as diffusers does for None.
+        num_inference_steps: steps of the full schedule; with `strength` < 1 only the last
+            int(num_inference_steps * strength) are run, as in diffusers.
+        guidance_scale: classifier-free guidance s_g; <= 1 runs no unconditional pass (as diffusers),
+            unless SLD is on, which always needs it.
+        strength: 1.0 starts from pure noise; lower starts from the photo noised to that level.
+        seeds: one candidate per seed; the noise of each comes from a CPU `torch.Generator` seeded with
+            it, so a seed gives the same image on any GPU and for any number of candidates.
+        safety: an SLD preset (`safety.get_preset`) as defined for 50 steps, or None for off.
+        sld_concept: the unsafe concept text; None: the paper's (`safety.default_sld_concept`).
+        scheduler: "euler" or "dpmpp_2m".
+        on_step: called after every step as on_step(i, n, preview): i counts executed steps over all
+            candidates (1..n), n = executed steps x candidates, preview a latent-RGB image every
+            `PREVIEW_EVERY` steps and at each candidate's last step, else None.
+        should_cancel: checked before every step; True raises `Cancelled`.
+        on_latents: called after every step as on_latents(candidate, step, latents), the latents after
+            the BLD blend; for tests and debugging.
+
+    Returns:
+        A `BlendResult` with one image per seed.
+
+    Raises:
+        ValueError: bad arguments (one line).
+        Cancelled: `should_cancel()` returned True.
+        GpuOutOfMemory: the GPU ran out of memory; it has been freed.
+    """
+    # 1. Check inputs
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+    if image.mode != "RGB":
+        raise ValueError(f"the image must be RGB, got mode {image.mode}")
+    width, height = image.size
+    if width % 8 or height % 8:
+        raise ValueError(f"image sides must be multiples of 8, got {width}x{height}")
+    mask = np.asarray(mask)
+    if mask.shape != (height, width):
+        raise ValueError(f"mask shape {mask.shape} does not match the image ({height}, {width})")
+    if not (np.isfinite(mask).all() and mask.min() >= 0 and mask.max() <= 1):
+        raise ValueError("mask values must be in [0, 1]")
+    if not mask.any():
+        raise ValueError("the mask is empty: nothing to repaint")
+    seeds = [int(seed) for seed in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: at least one candidate is needed")
+    executed_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    if executed_steps < 1:
+        raise ValueError(f"strength {strength} too low for {num_inference_steps} steps: no step would run")
+
+    try:
+        return _blend(components, image, mask.astype(np.float32), prompt, prompt_2, negative_prompt,
+                      negative_prompt_2, num_inference_steps, guidance_scale, strength, seeds, safety,
+                      sld_concept, scheduler, on_step, should_cancel, on_latents)
+    except torch.cuda.OutOfMemoryError:
+        pass
+    except RuntimeError as err:
+        if "out of memory" not in str(err).lower():
+            raise
+    # Outside the `except` block the exception, its traceback and the frames holding the tensors are
+    # gone, so the memory can be given back before the one-line error goes up.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise GpuOutOfMemory(
+        f"GPU out of memory at {width}x{height} with {len(seeds)} candidate(s): try fewer candidates, a smaller "
+        "working size (BACKDROP_WORKING_PIXELS) or BACKDROP_CPU_OFFLOAD=1; the memory has been freed")
+
+
+@torch.no_grad()
+def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, prompt: str,
+           prompt_2: str | None, negative_prompt: str, negative_prompt_2: str | None,
+           num_inference_steps: int, guidance_scale: float, strength: float, seeds: list[int],
+           safety: SafetyPreset | None, sld_concept: str | None, scheduler_name: str,
+           on_step: Callable | None, should_cancel: Callable | None,
+           on_latents: Callable | None) -> BlendResult:
+    device, dtype = components.device, components.dtype
+    width, height = image.size
+    unet = components.unet
+    sld = effective_preset(safety, num_inference_steps) if safety is not None else None
+    # diffusers runs CFG only when guidance_scale > 1; SLD needs the unconditional pass regardless.
+    do_cfg = guidance_scale > 1.0 or sld is not None
+
+    # 2. Encode prompts: [uncond, text] for CFG, and the concept as a third slot for SLD
+    prompt_embeds, pooled = encode_prompt(components, prompt, prompt_2)
+    slots, pooled_slots = [prompt_embeds], [pooled]
+    if do_cfg:
+        if not negative_prompt and not negative_prompt_2 and components.force_zeros_for_empty_prompt:
+            negative_embeds, negative_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
+        else:
+            negative_embeds, negative_pooled = encode_prompt(components, negative_prompt or "",
+                                                             negative_prompt_2 or negative_prompt or "")
+        slots, pooled_slots = [negative_embeds, prompt_embeds], [negative_pooled, pooled]
+    if sld is not None:
+        concept_embeds, concept_pooled = encode_prompt(components, sld_concept or default_sld_concept())
+        slots.append(concept_embeds)
+        pooled_slots.append(concept_pooled)
+    encoder_hidden_states = torch.cat(slots)
+    # SDXL's micro-conditioning: (original h, w, crop top, left, target h, w), the same for every slot.
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)
+    added_cond_kwargs = {"text_embeds": torch.cat(pooled_slots), "time_ids": time_ids.repeat(len(slots), 1)}
+
+    # 3. Encode the photo (BLD: z0) and downsample the mask to the latents
+    image_latents = encode_image(components, image)
+    keep_mask = latent_mask(mask).to(device) == 0  # True where the latents are the photo's
+
+    executed_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    total_steps = executed_steps * len(seeds)  # on_step's n
+    final_latents, candidate_images = [], []
+    unet_calls = 0
+    with _on_device(components, unet):
+        for k, seed in enumerate(seeds):
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+
+            # 4. Set timesteps: with strength s only the last int(steps * s) are run (diffusers' get_timesteps)
+            scheduler = make_scheduler(components, scheduler_name)
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            t_start = num_inference_steps - executed_steps
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            scheduler.set_begin_index(t_start * scheduler.order)
+            step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+            # 5. Prepare latents: pure noise at strength 1, else z0 noised to the first executed step
+            noise = randn_tensor(image_latents.shape, generator=generator, device=torch.device(device), dtype=dtype)
+            if strength == 1.0:
+                latents = noise * scheduler.init_noise_sigma
+            else:
+                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+
+            # 6. Denoising loop
+            momentum = None  # SLD's ν
+            for i, t in enumerate(timesteps):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("the edit was cancelled")
+                model_input = scheduler.scale_model_input(torch.cat([latents] * len(slots)), t)
+                noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states,
+                                  added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+                unet_calls += 1
+
+                # 6.1 Guidance. CFG (SLD eq. 2): ε̃ = ε(z) + s_g (ε(z, c_p) − ε(z)); with SLD (eq. 3)
+                # the safety term γ_t is subtracted inside the bracket.
+                if do_cfg:
+                    noise_pred_uncond, noise_pred_text = noise_pred[0:1], noise_pred[1:2]
+                    noise_guidance = noise_pred_text - noise_pred_uncond
+                    if sld is not None:
+                        # δ counts steps of the full schedule, so warm-up ends at the same noise level
+                        # whatever the strength.
+                        safety_guidance, momentum = perform_safety_guidance(
+                            noise_pred_text, noise_pred_uncond, noise_pred[2:3], t_start + i, momentum, sld)
+                        noise_guidance = noise_guidance - safety_guidance
+                    noise_pred = noise_pred_uncond + guidance_scale * noise_guidance
+
+                # 6.2 Scheduler step z_t -> z_{t-1}
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+
+                # 6.3 BLD: outside the mask, the photo's latents noised to the next step with the same
+                # noise, and z0 itself after the last step.
+                if i < len(timesteps) - 1:
+                    background = scheduler.add_noise(image_latents, noise, timesteps[i + 1:i + 2])
+                else:
+                    background = image_latents
+                # (torch.where may hand back a channels-last tensor; the UNet's numerics depend on the layout)
+                latents = torch.where(keep_mask, background, latents).contiguous()
+
+                if on_latents is not None:
+                    on_latents(k, i, latents)
+                if on_step is not None:
+                    last = i == len(timesteps) - 1
+                    preview = latents_to_preview(latents) if last or (i + 1) % PREVIEW_EVERY == 0 else None
+                    on_step(k * executed_steps + i + 1, total_steps, preview)
+
+            final_latents.append(latents)
+
+    # 7. Decode, then composite in pixels: where the mask is 0 the photo's own pixels, byte for byte
+    for latents in final_latents:
+        decoded = decode_latents(components, latents)
+        candidate_images.append(images.composite(image, decoded, mask))
+
+    return BlendResult(images=candidate_images, seeds=list(seeds),
+                       latents=[latents.detach().to("cpu", torch.float32) for latents in final_latents],
+                       safety=sld, unet_calls=unet_calls)
