@@ -103,7 +103,8 @@ def build_demo(settings: Settings, studio=None):
         if state["key"] is None or (mood or "").strip():
             return gr.skip(), gr.skip()
         result = studio.mood(state["key"])
-        return result.mood, notices_md(result.notices)
+        # Keep the "Click the subject." hint unless LLaVA has something to say (a fallback).
+        return result.mood, notices_md(result.notices) if result.notices else gr.skip()
 
     def on_click(state, label, candidate, grow, feather, edit, evt: gr.SelectData):
         if state["key"] is None:
