@@ -1,0 +1,52 @@
+"""The page's background work without Gradio: early embedding and mood, reuse, cancel per session."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import make_photo
+
+from pipelines.blending import Cancelled
+from pipelines.studio import Studio
+from pipelines.types import ClickPoint, EditRequest
+
+
+def test_upload_starts_embedding_and_mood_and_clicks_reuse_them(tiny_settings, fake_ollama):
+    studio = Studio(tiny_settings)
+    photo = make_photo(160, 120)
+    key = studio.add_photo(photo)
+    assert studio.add_photo(photo.copy()) == key  # same pixels, same photo: nothing started twice
+    assert studio.mood(key).mood == "Stylish, modern, contemporary"
+    first = studio.predict(key, [ClickPoint(80, 60)])
+    second = studio.predict(key, [ClickPoint(80, 60), ClickPoint(5, 5, 0)], first.next_mask_input(0))
+    predictor, _ = studio.predictor()
+    assert predictor.embed_count == 1  # computed at upload, reused by both clicks
+    assert first.masks.shape == second.masks.shape == (3, 120, 160)
+    assert len(fake_ollama.bodies("/api/chat")) == 1  # LLaVA asked once, at upload
+    with pytest.raises(ValueError, match="no longer loaded"):
+        studio.image("0" * 64)
+
+
+def test_cancel_stops_the_sessions_edit_and_the_next_edit_works(tiny_settings):
+    studio = Studio(tiny_settings)
+    photo = make_photo()
+    mask = np.zeros((photo.height, photo.width), np.float32)
+    mask[:, 80:] = 1.0
+    request = EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=6, seed=3)
+    steps = []
+
+    def on_progress(stage, i, n, preview):
+        if stage == "diffusion":
+            steps.append(i)
+            if i == 2:
+                assert studio.cancel("other-session") is False  # another session's edit is not touched
+                assert studio.cancel("me") is True
+
+    with pytest.raises(Cancelled):
+        studio.edit(request, "me", on_progress)
+    assert steps == [1, 2]  # stopped at the next step
+    assert studio.cancel("me") is False  # nothing is running any more
+    result = studio.edit(dataclasses.replace(request, num_inference_steps=2), "me")
+    assert len(result.images) == 1 and result.seeds == [3]
