@@ -24,6 +24,24 @@ STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writ
           "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
 
 
+def _photo_component(gr):
+    """A `gr.Image` that hands the uploaded file to Backdrop's own loader untouched.
+
+    Gradio's `Image.preprocess` decodes and re-encodes an upload before the handler sees it, which
+    drops 16-bit depth, answers a non-image with a multi-line internal error, and would decode a
+    decompression bomb. `pipelines.images.load_image` does all of that right, with one-line errors.
+    """
+
+    class PhotoUpload(gr.Image):
+        def get_block_name(self) -> str:  # the same front-end as gr.Image (Gradio's documented hook)
+            return "image"
+
+        def preprocess(self, payload):
+            return None if payload is None else payload.path
+
+    return PhotoUpload
+
+
 def _new_state() -> dict:
     return {"key": None, "points": [], "prediction": None, "display": None}
 
@@ -66,6 +84,8 @@ def build_demo(settings: Settings, studio=None):
         prediction = state["prediction"]
         if prediction is None:
             return gr.update(choices=[], value=None)
+        if prediction.method != "sam":  # GrabCut gives one mask, not three ranked ones
+            return gr.update(choices=[("GrabCut", 0)], value=0)
         labels = [f"{i + 1} (score {s:.2f})" for i, s in enumerate(prediction.scores)]
         return gr.update(choices=list(zip(labels, range(len(labels)))), value=0)
 
@@ -211,7 +231,7 @@ def build_demo(settings: Settings, studio=None):
         gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.")
         with gr.Row():
             with gr.Column(scale=3):
-                photo = gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
+                photo = _photo_component(gr)(label="Photo", type="filepath", sources=["upload", "clipboard"],
                                  elem_id="photo", height=560)
                 with gr.Row():
                     click_label = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")

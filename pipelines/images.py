@@ -9,14 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
-# We check the pixel count ourselves before decoding (see `load_image`); Pillow's own guard would
-# raise a warning or a differently-worded error first, so it is switched off here.
-Image.MAX_IMAGE_PIXELS = None
 
 MIN_SIDE = 8  # smaller than one latent pixel: nothing sensible can be done with it
 
@@ -42,19 +39,31 @@ def load_image(source: ImageSource, max_pixels: int = 80_000_000) -> Image.Image
         _check_size(image.size, max_pixels)
     else:
         data = _read_bytes(source)
-        try:
-            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
-        except Image.DecompressionBombError as exc:  # pragma: no cover - guard disabled above
-            raise ValueError(f"the image is too large to open safely ({exc})") from None
-        except (OSError, SyntaxError, ValueError):
-            raise ValueError("the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)") from None
-        _check_size(image.size, max_pixels)
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"the image file is damaged or truncated ({exc})") from None
+        with warnings.catch_warnings():
+            # Pillow warns past its own limit; our cap (checked from the header) decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open_checked(data, max_pixels)
     image = ImageOps.exif_transpose(image)
     return _to_rgb(image)
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode `data`, refusing oversized images from the header, before any pixel is decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombError:
+        # Pillow's own guard (left on for the whole process) fires first for headers past twice
+        # its limit; our cap below covers everything smaller.
+        raise ValueError(f"the image is too large to open safely (more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP; "
+                         f"the limit is {max_pixels / 1e6:.0f} MP, BACKDROP_MAX_IMAGE_PIXELS)") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError("the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)") from None
+    _check_size(image.size, max_pixels)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"the image file is damaged or truncated ({exc})") from None
+    return image
 
 
 def _read_bytes(source: str | Path | bytes) -> bytes:

@@ -85,7 +85,8 @@ def _set_slider(page, selector, value):
 
 def _edit(page, url, photo_path, tmp_path, name):
     """Upload, click, keyword, Hyp-Strong, 3 steps; returns once generation was started."""
-    page.goto(url)
+    if url is not None:
+        page.goto(url)
     page.locator("#photo input[type=file]").set_input_files(str(photo_path))
     page.get_by_text("Click the subject.").wait_for(timeout=60_000)  # the upload was processed
     before = _photo_src(page)
@@ -126,8 +127,14 @@ def _download(page, tmp_path, name) -> Path:
 def test_one_edit_in_the_browser(app_url, browser, tmp_path, fake_ollama):
     photo = tmp_path / "photo.png"
     make_photo(160, 120).save(photo)
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not a photo")
     page = browser.new_page()
-    _edit(page, app_url, photo, tmp_path, "one")
+    page.goto(app_url)
+    # A non-image gets our one-line message, and the page keeps working without a reload.
+    page.locator("#photo input[type=file]").set_input_files(str(bogus))
+    page.get_by_text("the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)").wait_for(timeout=30_000)
+    _edit(page, None, photo, tmp_path, "one")
     saved = _download(page, tmp_path, "one")
     assert Image.open(saved).size == (160, 120)
     params = read_parameters(saved)
