@@ -24,22 +24,15 @@ STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writ
           "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
 
 
-def _photo_component(gr):
-    """A `gr.Image` that hands the uploaded file to Backdrop's own loader untouched.
+def _hand_upload_to_our_loader(photo) -> None:
+    """Make a `gr.Image` pass the uploaded file's path to Backdrop's own loader untouched.
 
     Gradio's `Image.preprocess` decodes and re-encodes an upload before the handler sees it, which
     drops 16-bit depth, answers a non-image with a multi-line internal error, and would decode a
     decompression bomb. `pipelines.images.load_image` does all of that right, with one-line errors.
+    (Set on the instance: a subclass would make Gradio write an `app.pyi` stub beside this file.)
     """
-
-    class PhotoUpload(gr.Image):
-        def get_block_name(self) -> str:  # the same front-end as gr.Image (Gradio's documented hook)
-            return "image"
-
-        def preprocess(self, payload):
-            return None if payload is None else payload.path
-
-    return PhotoUpload
+    photo.preprocess = lambda payload: None if payload is None else payload.path
 
 
 def _new_state() -> dict:
@@ -231,8 +224,9 @@ def build_demo(settings: Settings, studio=None):
         gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.")
         with gr.Row():
             with gr.Column(scale=3):
-                photo = _photo_component(gr)(label="Photo", type="filepath", sources=["upload", "clipboard"],
+                photo = gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
                                  elem_id="photo", height=560)
+                _hand_upload_to_our_loader(photo)
                 with gr.Row():
                     click_label = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")
                     undo = gr.Button("Undo last point", size="sm")
