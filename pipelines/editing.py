@@ -79,9 +79,6 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
     for p in request.points:
         if not (0 <= p.x < width and 0 <= p.y < height):
             raise ValueError(f"point ({p.x}, {p.y}) is outside the photo ({width} x {height})")
-    if request.prompt is None and not request.keyword.strip() and not (request.mood or "").strip() \
-            and request.mood is not None:
-        raise ValueError("type a background keyword or a prompt")
 
 
 def build_mask(request: EditRequest, settings: Settings,

@@ -22,7 +22,7 @@ from pipelines import editing, images, masking, prompting
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, EditResult
 
-MAX_PHOTOS = 16  # photos whose background work is remembered
+MAX_PHOTOS = 8  # photos whose background work is remembered (each holds its full-size pixels)
 
 
 @dataclass
