@@ -108,6 +108,7 @@ def test_ollama_down_falls_back_to_template_prompt(tiny_settings):
     (dict(safety="extreme"), "unknown safety level"),
     (dict(mask=np.zeros((10, 10), np.float32)), "the mask is 10x10 but the photo is 160x120"),
     (dict(mask=np.zeros((120, 160), np.float32)), "nothing to repaint"),
+    (dict(prompt=None, keyword=" ", mood=""), "type a background keyword or a prompt"),
 ])
 def test_bad_requests_are_refused_with_one_line(tiny_settings, change, message):
     photo = make_photo()
