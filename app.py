@@ -47,6 +47,7 @@ def build_demo(settings: Settings, studio=None):
     from pipelines.blending import Cancelled, GpuOutOfMemory
     from pipelines.erasure import list_erased
     from pipelines.images import load_image
+    from pipelines.prompting import MAX_TOKENS
     from pipelines.safety import PRESET_LABELS, get_preset
     from pipelines.studio import Studio
     from pipelines.types import ClickPoint, EditRequest
@@ -55,20 +56,15 @@ def build_demo(settings: Settings, studio=None):
     min_level = SAFETY_LEVELS.index(settings.min_safety)
 
     # --- helpers (plain Python) ------------------------------------------------------------------
-    def shown_subject(state, candidate, grow, feather, edit):
-        """The subject after grow/shrink, as the edit will keep (background edit) or repaint it."""
-        prediction = state["prediction"]
-        subject = prediction.masks[candidate or 0]
-        repaint = masking.refine_mask(subject, grow=int(grow), feather=0, edit_subject=(edit == "subject"))
-        return repaint < 0.5 if edit != "subject" else repaint >= 0.5
-
-    def render(state, candidate=0, grow=0, feather=0, edit="background"):
-        """The clickable preview: the photo at display size, mask tinted, points drawn."""
+    def render(state, candidate=0, grow=0):
+        """The clickable preview: the photo at display size, the subject (after grow / shrink)
+        tinted, points drawn. Whether the subject or the background is repainted, the tinted region
+        is the subject; the feather only softens the seam in the result."""
         display = state["display"]
         if state["prediction"] is None:
             return display
         scale = display.width / studio.image(state["key"]).width
-        subject = shown_subject(state, candidate, grow, feather, edit)
+        subject = masking.refine_mask(state["prediction"].masks[candidate or 0], grow=int(grow)) < 0.5
         small = np.asarray(Image.fromarray(subject).resize(display.size, Image.Resampling.NEAREST))
         points = [ClickPoint(int(p.x * scale), int(p.y * scale), p.label) for p in state["points"]]
         return masking.overlay(display, small, points)
@@ -86,7 +82,7 @@ def build_demo(settings: Settings, studio=None):
         return "\n".join(f"- {n}" for n in dict.fromkeys(notices)) if notices else ""
 
     def tokens_md(text):
-        return f"{studio.count_tokens(text or '')} / 77 tokens"
+        return f"{studio.count_tokens(text or '')} / {MAX_TOKENS} tokens"
 
     def safety_md(position):
         level = SAFETY_LEVELS[int(position)]
@@ -119,7 +115,7 @@ def build_demo(settings: Settings, studio=None):
         # Keep the "Click the subject." hint unless LLaVA has something to say (a fallback).
         return result.mood, notices_md(result.notices) if result.notices else gr.skip()
 
-    def on_click(state, label, candidate, grow, feather, edit, evt: gr.SelectData):
+    def on_click(state, label, candidate, grow, evt: gr.SelectData):
         if state["key"] is None:
             raise gr.Error("upload a photo first")
         image = studio.image(state["key"])
@@ -129,28 +125,28 @@ def build_demo(settings: Settings, studio=None):
         points = state["points"] + [ClickPoint(x, y, 1 if label == "subject" else 0)]
         previous = state["prediction"]
         # SAM's demo feeds the last low-res logits back, so each click refines the mask it sees.
-        mask_input = previous.low_res_logits[candidate or 0][None] if previous is not None else None
+        mask_input = previous.next_mask_input(candidate or 0) if previous is not None else None
         try:
             prediction = studio.predict(state["key"], points, mask_input)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         state = {**state, "points": points, "prediction": prediction}
-        return state, render(state, 0, grow, feather, edit), candidate_choices(state), notices_md(prediction.notices)
+        return state, render(state, 0, grow), candidate_choices(state), notices_md(prediction.notices)
 
-    def on_undo(state, grow, feather, edit):
+    def on_undo(state, grow):
         points = state["points"][:-1]
         prediction = studio.predict(state["key"], points) if any(p.label == 1 for p in points) else None
         state = {**state, "points": points, "prediction": prediction}
-        return state, render(state, 0, grow, feather, edit), candidate_choices(state)
+        return state, render(state, 0, grow), candidate_choices(state)
 
     def on_clear(state):
         state = {**state, "points": [], "prediction": None}
         return state, state["display"], candidate_choices(state)
 
-    def on_refine(state, candidate, grow, feather, edit):
+    def on_refine(state, candidate, grow):
         if state["prediction"] is None:
             return gr.skip()
-        return render(state, candidate, grow, feather, edit)
+        return render(state, candidate, grow)
 
     def on_write_prompt(keyword, mood):
         try:
@@ -275,18 +271,16 @@ def build_demo(settings: Settings, studio=None):
             pull = gr.Button("Pull missing Ollama models", size="sm")
 
         # --- wiring ------------------------------------------------------------------------------
-        refine_inputs = [state, candidate, grow, feather, edit]
+        refine_inputs = [state, candidate, grow]
         photo.upload(on_upload, [photo, state], [state, photo, candidate, mood, notices],
                      concurrency_limit=None).then(on_mood, [state, mood], [mood, notices], concurrency_limit=None)
         photo.clear(lambda: (_new_state(), candidate_choices(_new_state())), None, [state, candidate])
-        photo.select(on_click, [state, click_label, candidate, grow, feather, edit],
+        photo.select(on_click, [state, click_label, candidate, grow],
                      [state, photo, candidate, notices], concurrency_id="sam", concurrency_limit=2)
-        undo.click(on_undo, [state, grow, feather, edit], [state, photo, candidate], concurrency_id="sam")
+        undo.click(on_undo, [state, grow], [state, photo, candidate], concurrency_id="sam")
         clear.click(on_clear, [state], [state, photo, candidate])
-        for control in (candidate, edit):
-            control.change(on_refine, refine_inputs, [photo])
-        for control in (grow, feather):
-            control.release(on_refine, refine_inputs, [photo])
+        candidate.change(on_refine, refine_inputs, [photo])
+        grow.release(on_refine, refine_inputs, [photo])
         write.click(on_write_prompt, [keyword, mood], [prompt, notices], concurrency_limit=4)
         prompt.change(tokens_md, [prompt], [tokens], queue=False)
         safety.change(safety_md, [safety], [safety_info], queue=False)

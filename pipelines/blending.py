@@ -333,6 +333,8 @@ class BlendResult:
     """What `blend` produced."""
 
     images: list[Image.Image]  # working-size RGB, one per candidate; pixels where mask == 0 are the input's
+    decoded: list[Image.Image]  # the VAE's output per candidate, before that composite (run_edit
+    #                              composites these once, at the photo's full size)
     seeds: list[int]  # the seed of each candidate
     latents: list[torch.Tensor]  # final latents per candidate, (1, 4, H/8, W/8), on the CPU
     safety: SafetyPreset | None  # the EFFECTIVE SLD preset (δ scaled to the step count), None when off
@@ -481,7 +483,7 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
 
     executed_steps = min(int(num_inference_steps * strength), num_inference_steps)
     total_steps = executed_steps * len(seeds)  # on_step's n
-    final_latents, candidate_images = [], []
+    final_latents, candidate_images, decoded_images = [], [], []
     unet_calls = 0
     with _on_device(components, unet):
         for k, seed in enumerate(seeds):
@@ -549,8 +551,9 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
     # 7. Decode, then composite in pixels: where the mask is 0 the photo's own pixels, byte for byte
     for latents in final_latents:
         decoded = decode_latents(components, latents)
+        decoded_images.append(decoded)
         candidate_images.append(images.composite(image, decoded, mask))
 
-    return BlendResult(images=candidate_images, seeds=list(seeds),
+    return BlendResult(images=candidate_images, decoded=decoded_images, seeds=list(seeds),
                        latents=[latents.detach().to("cpu", torch.float32) for latents in final_latents],
                        safety=sld, unet_calls=unet_calls)

@@ -76,9 +76,9 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
     if request.mask is not None and request.mask.shape != (height, width):
         raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
                          f"but the photo is {width}x{height}")
-    for p in request.points:
-        if not (0 <= p.x < width and 0 <= p.y < height):
-            raise ValueError(f"point ({p.x}, {p.y}) is outside the photo ({width} x {height})")
+    if request.mask is None and request.subject is None:
+        # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
+        masking.check_points(request.image, request.points)
 
 
 def build_mask(request: EditRequest, settings: Settings,
@@ -219,9 +219,10 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
     timings["diffusion"] = time.perf_counter() - start
 
-    # 5. Back to full size: the kept region is the original photo, byte for byte
+    # 5. Back to full size, compositing the decoded images once: the kept region is the original
+    # photo, byte for byte, and the seam is the full-size feathered mask
     start = time.perf_counter()
-    finals = [images.composite(request.image, image, ready.mask) for image in blended.images]
+    finals = [images.composite(request.image, image, ready.mask) for image in blended.decoded]
     timings["composite"] = time.perf_counter() - start
 
     result = EditResult(

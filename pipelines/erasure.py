@@ -702,11 +702,10 @@ def with_erased_encoders(components, name: str | None, erased_dir: Path):
     """
     if name is None:
         return components
-    _require_listed(name, erased_dir)
-    if read_record(name, erased_dir)["base"] != "sdxl":
-        raise ValueError(f"erased encoder {name!r} was trained for SD 1.4, not SDXL")
     device = "cpu" if getattr(components, "cpu_offload", False) else components.device
-    te1, te2 = load_erased_encoders(name, erased_dir, device=device, dtype=components.dtype)
+    te1, te2 = load_erased_encoders(name, erased_dir, device=device, dtype=components.dtype)  # checks the name
+    if te2 is None:
+        raise ValueError(f"erased encoder {name!r} was trained for SD 1.4, not SDXL")
     for new, old, label in ((te1, components.text_encoder, "text_encoder"),
                             (te2, components.text_encoder_2, "text_encoder_2")):
         sizes = [(s, getattr(new.config, s), getattr(old.config, s))

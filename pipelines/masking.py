@@ -444,7 +444,7 @@ class MaskPredictor:
         import torch
         import torch.nn.functional as F
 
-        _check_points(image, points)
+        check_points(image, points)
         key, emb = self._embedding(image)
         # 1. Points into the encoder's input frame, as SamPredictor.predict does.
         coords = np.array([[p.x, p.y] for p in points], dtype=np.float64)
@@ -502,7 +502,7 @@ class MaskPredictor:
         return mask_input[None]  # (1, 1, h, w): batch of one
 
 
-def _check_points(image: Image.Image, points: list[ClickPoint]) -> None:
+def check_points(image: Image.Image, points: list[ClickPoint]) -> None:
     """Raise a one-line ValueError unless there is a positive point and every point is inside."""
     width, height = image.size
     for p in points:
@@ -529,7 +529,7 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     Raises:
         ValueError: no positive point, or a point outside the photo.
     """
-    _check_points(image, points)
+    check_points(image, points)
     if predictor is not None:
         return predictor.predict(image, points, mask_input=mask_input)
     subject = grabcut_mask(image, points)
@@ -584,7 +584,7 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     """
     import cv2
 
-    _check_points(image, points)
+    check_points(image, points)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))

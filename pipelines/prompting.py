@@ -723,19 +723,31 @@ def ollama_status(client, models: tuple[str, ...]) -> str:
     """
     import httpx
 
-    timeout = _client_timeout(client)
     try:
-        listed = _run_with_deadline(lambda cancel: client.list(), timeout, "Ollama")
-    except Exception as e:  # noqa: BLE001 - a status line, never a crash
-        if isinstance(e, (ConnectionError, httpx.ConnectError)):
+        missing = missing_models(client, models)
+    except OllamaUnavailable as e:  # a status line, never a crash
+        if isinstance(e.__cause__, (ConnectionError, httpx.ConnectError)):
             return f"Ollama not running at {_client_host(client)}: start it with `ollama serve`"
-        return f"Ollama: {_explain(e, client, 'Ollama', timeout)}"
-    names = {m.model for m in listed.models if m.model}
-    missing = [m for m in models if not _is_installed(m, names)]
+        return f"Ollama: {e}"
     if missing:
         fixes = "; ".join(f"ollama pull {m}" for m in missing)
         return f"Ollama: {', '.join(missing)} not pulled ({fixes})"
     return f"Ollama: {', '.join(models)} ready"
+
+
+def missing_models(client, models: tuple[str, ...]) -> list[str]:
+    """The models of `models` that Ollama has not pulled, in order.
+
+    Raises:
+        OllamaUnavailable: Ollama could not be asked (one line naming the cause and the fix).
+    """
+    timeout = _client_timeout(client)
+    try:
+        listed = _run_with_deadline(lambda cancel: client.list(), timeout, "Ollama")
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        raise OllamaUnavailable(_explain(e, client, "Ollama", timeout)) from e
+    names = {m.model for m in listed.models if m.model}
+    return [m for m in models if not _is_installed(m, names)]
 
 
 def _is_installed(model: str, names: set[str]) -> bool:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pipelines.prompting import default_sld_concept  # noqa: F401 - the concept text lives in prompts/
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 
 PAPER_STEPS = 50  # the step count the paper's warm-up values δ are defined for
 
@@ -104,11 +103,6 @@ def presets_table() -> dict[str, dict]:
             name = values.pop("name")
             table[name] = {"level": level, **values}
     return table
-
-
-def default_sld_concept() -> str:
-    """The paper's unsafe concept text (section 4), from `prompts/sld_concept.txt`."""
-    return (PROMPTS / "sld_concept.txt").read_text(encoding="utf-8").strip()
 
 
 def perform_safety_guidance(

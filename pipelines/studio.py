@@ -152,16 +152,13 @@ class Studio:
         """Pull the vision and text models if Ollama lacks them; returns the names pulled."""
         client = self.client()
         try:
-            present = {m.model.split(":")[0] for m in client.list().models if m.model}
-        except Exception as exc:  # noqa: BLE001 - any client failure means "not reachable"
-            raise RuntimeError(f"Ollama is not reachable at {self.settings.ollama_host}: start it with `ollama serve`") from exc
-        pulled = []
-        for model in (self.settings.vision_model, self.settings.text_model):
-            if model.split(":")[0] not in present:
-                prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
-                                     if on_progress else None)
-                pulled.append(model)
-        return pulled
+            missing = prompting.missing_models(client, (self.settings.vision_model, self.settings.text_model))
+        except prompting.OllamaUnavailable as exc:
+            raise RuntimeError(str(exc)) from None
+        for model in missing:
+            prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
+                                 if on_progress else None)
+        return missing
 
     # --- status ------------------------------------------------------------------------------
     def status_lines(self) -> list[str]:
