@@ -75,12 +75,15 @@ def _set_slider(page, selector, value):
     """Move a Gradio slider and wait until its number box shows the value (the accordion may still
     be opening on the first try)."""
     page.locator(f"{selector} input[type=range]").wait_for(state="visible", timeout=10_000)
-    for _ in range(5):
+    took = f"() => document.querySelector('{selector} input[type=number]').value === '{value}'"
+    for attempt in range(3):
         page.locator(f"{selector} input[type=range]").fill(value)
-        if page.locator(f"{selector} input[type=number]").input_value() == value:
+        try:
+            page.wait_for_function(took, timeout=10_000)  # slow on a loaded machine
             return
-        time.sleep(0.5)
-    raise AssertionError(f"slider {selector} did not take {value}")
+        except Exception:
+            if attempt == 2:
+                raise AssertionError(f"slider {selector} did not take {value}") from None
 
 
 def _edit(page, url, photo_path, tmp_path, name):
@@ -140,7 +143,9 @@ def test_one_edit_in_the_browser(app_url, browser, tmp_path, fake_ollama):
     params = read_parameters(saved)
     assert params["Safety"].startswith("Hyp-Strong") and params["Steps"] == "3"
     assert "forest" in params["Prompt"] or params["Prompt"] == "misty pine forest at dawn, soft light, award winning photograph"
-    assert page.get_by_label("Mood").first.input_value() == "Stylish, modern, contemporary"
+    mood = page.get_by_label("Mood").first
+    page.wait_for_function("(e) => e.value !== ''", arg=mood.element_handle(), timeout=10_000)
+    assert mood.input_value() == "Stylish, modern, contemporary"
     assert any(b["model"] == "llava" and b["messages"][-1].get("images") for b in fake_ollama.bodies("/api/chat"))
 
 
