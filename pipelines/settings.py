@@ -110,6 +110,10 @@ class Settings:
         50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB")
     queue_size: int = _setting(
         16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused")
+    # --- many GPUs ----------------------------------------------------------------------------
+    ray_address: str | None = _setting(
+        None, "BACKDROP_RAY_ADDRESS", "--ray",
+        "a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto): the page and batch run edits on its workers")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
