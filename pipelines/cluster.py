@@ -1,7 +1,8 @@
 """Edits on Ray workers: a batch on many GPUs, and the page's edits sent to a cluster.
 
 A worker (`EditWorker`, a Ray actor holding one GPU, or one CPU where the cluster has none) loads
-the models once, on its first edit or on `ready()`, and keeps them. The driver hands each worker
+the models once, on its first edit or on `ready()`, and keeps them. A process keeps one pool of
+workers (`get_workers`) for all its batches and page edits. The driver hands each worker
 one row at a time and the next as soon as it finishes, so fast and slow rows balance themselves.
 An edit depends only on its request and seed, never on which worker ran it or how many there are.
 
@@ -27,40 +28,41 @@ from pipelines.types import EditRequest, EditResult
 
 
 class EditWorker:
-    """One worker's state: its settings, and cancel flags of the edits it runs (one at a time)."""
+    """One worker: runs edits one at a time, keeping the models of each settings loaded (cached by
+    the stages' loaders in the worker's process). Settings come with every call, so one pool of
+    workers serves every batch and the page of this process."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self) -> None:
         self._busy = threading.Lock()  # one edit at a time on this GPU; cancel() runs beside it
         self._cancel: dict[int, threading.Event] = {}
 
-    def ready(self) -> float:
+    def ready(self, settings: Settings) -> float:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
         from pipelines import blending, masking, prompting
 
         start = time.perf_counter()
-        blending.load_sdxl_from_settings(self.settings)
-        masking.get_predictor(self.settings)
-        prompting.load_tokenizers(self.settings.sdxl_model)
+        blending.load_sdxl_from_settings(settings)
+        masking.get_predictor(settings)
+        prompting.load_tokenizers(settings.sdxl_model)
         return time.perf_counter() - start
 
-    def run_task(self, task) -> dict[str, Any]:
+    def run_task(self, task, settings: Settings) -> dict[str, Any]:
         """One batch row -> its results.jsonl record (`batch.run_task`)."""
         from pipelines.batch import run_task
 
         with self._busy:
-            return run_task(task, self.settings)
+            return run_task(task, settings)
 
-    def run_request(self, request: EditRequest, job: int) -> EditResult:
+    def run_request(self, request: EditRequest, settings: Settings, job: int) -> EditResult:
         """One edit from the page; `cancel(job)` stops it at the next diffusion step."""
         from pipelines.editing import run_edit
 
         event = self._cancel.setdefault(job, threading.Event())
         try:
             with self._busy:
-                return run_edit(request, self.settings, should_cancel=event.is_set)
+                return run_edit(request, settings, should_cancel=event.is_set)
         finally:
             self._cancel.pop(job, None)
 
@@ -93,15 +95,39 @@ def default_workers() -> int:
     return max(1, int(_ray().cluster_resources().get("GPU", 0)))
 
 
-def start_workers(settings: Settings, count: int | None = None) -> list:
-    """Start `count` (default: one per GPU) worker actors; each takes one GPU, or one CPU without GPUs."""
+_POOL_LOCK = threading.Lock()
+_POOL: dict[str, Any] = {"actors": [], "busy": {}}  # this process's workers, and edits sent to each
+_JOBS = itertools.count()
+
+
+def get_workers(count: int | None = None) -> list:
+    """`count` workers (default: one per GPU) of this process's pool, started when missing.
+
+    Each worker takes one GPU, or one CPU in a cluster without GPUs. They live as long as this
+    process is connected, so models are loaded once per worker, not once per batch or edit.
+    """
     ray = _ray()
     count = count or default_workers()
-    gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    # A worker that dies (out of memory, lost node) is restarted; its row at that moment is failed.
-    actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=2,
-                       max_concurrency=2)(EditWorker)
-    return [actor.remote(settings) for _ in range(count)]
+    with _POOL_LOCK:
+        actors = _POOL["actors"]
+        if len(actors) < count:
+            gpus = ray.cluster_resources().get("GPU", 0) >= 1
+            # A worker that dies (out of memory, lost node) is restarted; its edit then fails.
+            actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=2,
+                               max_concurrency=2)(EditWorker)
+            for _ in range(count - len(actors)):
+                actors.append(actor.remote())
+                _POOL["busy"][actors[-1]] = 0
+        return actors[:count]
+
+
+def stop_workers() -> None:
+    """End this process's workers (their GPUs become free for others)."""
+    ray = _ray()
+    with _POOL_LOCK:
+        for actor in _POOL["actors"]:
+            ray.kill(actor)
+        _POOL.update(actors=[], busy={})
 
 
 def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
@@ -113,38 +139,29 @@ def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
     """
     ray = _ray()
     connect(address)
-    actors = start_workers(settings, workers)
+    actors = get_workers(workers)
     queue = deque(tasks)
     pending: dict[Any, tuple[Any, Any]] = {}
 
     def submit(actor) -> None:
         if queue:
             task = queue.popleft()
-            pending[actor.run_task.remote(task)] = (actor, task)
+            pending[actor.run_task.remote(task, settings)] = (actor, task)
 
-    try:
-        for actor in actors:
-            submit(actor)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            actor, task = pending.pop(ref)
-            try:
-                record = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                record = task.record("failed", error=f"the worker failed: {_first_line(exc)}")
-            submit(actor)
-            yield record
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    for actor in actors:
+        submit(actor)
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        actor, task = pending.pop(ref)
+        try:
+            record = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            record = task.record("failed", error=f"the worker failed: {_first_line(exc)}")
+        submit(actor)
+        yield record
 
 
 # --- the page's edits --------------------------------------------------------------------------
-
-_POOL_LOCK = threading.Lock()
-_POOL: dict[str, Any] = {"key": None, "actors": [], "busy": {}}
-_JOBS = itertools.count()
-
 
 def run_edit_remote(request: EditRequest, settings: Settings,
                     on_progress: Callable[[str, int, int, Any], None] | None = None,
@@ -167,10 +184,11 @@ def run_edit_remote(request: EditRequest, settings: Settings,
         RuntimeError: the worker died.
     """
     ray = _ray()
-    actor = _take_worker(settings)
+    connect(settings.ray_address)
+    actor = _take_worker()
     job = next(_JOBS)
     try:
-        ref = actor.run_request.remote(request, job)
+        ref = actor.run_request.remote(request, settings, job)
         if on_progress:
             on_progress("remote", 0, 0, None)
         cancelled = False
@@ -191,18 +209,12 @@ def run_edit_remote(request: EditRequest, settings: Settings,
                 _POOL["busy"][actor] -= 1
 
 
-def _take_worker(settings: Settings):
-    """The least busy of this process's workers for these settings (started on first use)."""
-    ray = _ray()
+def _take_worker():
+    """The least busy worker of this process's pool."""
+    workers = get_workers()
     with _POOL_LOCK:
-        if _POOL["key"] != settings:
-            connect(settings.ray_address)
-            for actor in _POOL["actors"]:
-                ray.kill(actor)
-            actors = start_workers(settings)
-            _POOL.update(key=settings, actors=actors, busy={actor: 0 for actor in actors})
-        actor = min(_POOL["actors"], key=lambda a: _POOL["busy"][a])
-        _POOL["busy"][actor] += 1
+        actor = min(workers, key=lambda a: _POOL["busy"].get(a, 0))
+        _POOL["busy"][actor] = _POOL["busy"].get(actor, 0) + 1
         return actor
 
 

@@ -175,13 +175,15 @@ def test_bad_manifest_exits_2_with_one_line(cli_env, tmp_path, photos, capsys):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One small local Ray cluster for all Ray tests (its start-up takes seconds on 2 cores)."""
+    """One small local Ray cluster for all Ray tests: its start-up, and each worker's, takes many
+    seconds on 2 cores. The workers stay up between the tests (the page's edit reuses one)."""
     ray = pytest.importorskip("ray")
     from pipelines import cluster
 
     cluster.connect(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
                     log_to_driver=False, num_gpus=0)
     yield ray.get_runtime_context().gcs_address
+    cluster.stop_workers()
     ray.shutdown()
 
 
