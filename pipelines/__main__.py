@@ -8,7 +8,8 @@
     python -m pipelines erase --concept "van gogh" --concept-type style
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
-not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl). Progress goes to stderr, results to stdout.
+not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
+Progress goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _point(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> int:
+def _workers(text: str) -> int:
+    if text == "auto":
+        return 0  # one per GPU (cluster.get_workers)
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a whole number of at least 1")
     return int(text)
 
 
@@ -81,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="edit many photos: a CSV manifest or a folder (resumable)")
     batch.add_argument("source", type=Path, help="a CSV manifest (one row per edit) or a folder of photos")
     batch.add_argument("--out", type=Path, required=True, help="folder for the outputs and results.jsonl")
-    batch.add_argument("--workers", type=_positive, metavar="N",
-                       help="run on N Ray workers (a local cluster, or the --ray one); default: this process, "
-                            "or one worker per GPU of the --ray cluster")
+    batch.add_argument("--workers", type=_workers, metavar="N|auto",
+                       help="run on N Ray workers (a local cluster, or the --ray one; auto: one per GPU); "
+                            "default: this process, or one worker per GPU of the --ray cluster")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_request_options(batch)
     add_arguments(batch)

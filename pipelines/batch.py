@@ -269,7 +269,7 @@ def run_batch(tasks: list[Task], settings: Settings, out_dir: Path, workers: int
         tasks: from `make_tasks`.
         settings: models, devices, Ollama.
         out_dir: outputs and results.jsonl.
-        workers: Ray workers to start (None: run in this process, unless `address` is given).
+        workers: Ray workers to use (0: one per GPU; None: run in this process, unless `address` is given).
         address: a Ray cluster to join (None: a local one when `workers` is given).
         progress: show a progress bar on stderr (rows done, ETA, failures).
 
