@@ -222,16 +222,15 @@ def build_request(task: Task, settings: Settings) -> tuple[EditRequest, list[str
     return EditRequest(image=image, points=points, mask=mask, **task.fields), notices
 
 
-def run_task(task: Task, settings: Settings, should_cancel=None) -> dict[str, Any]:
+def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     """Run one row; a bad row (unreadable photo, bad click, no weights) gives a `failed` record."""
-    from pipelines.blending import GpuOutOfMemory
     from pipelines.editing import run_edit
 
     start = time.perf_counter()
     try:
         request, notices = build_request(task, settings)
-        result = run_edit(request, settings, out=task.out, should_cancel=should_cancel)
-    except (ValueError, RuntimeError, OSError, GpuOutOfMemory) as exc:
+        result = run_edit(request, settings, out=task.out)
+    except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError includes out of GPU memory
         return task.record("failed", error=_one_line(exc), seconds=round(time.perf_counter() - start, 3))
     return task.record("done", outputs=[str(p) for p in result.paths], seeds=result.seeds, prompt=result.prompt,
                        mood=result.mood, notices=notices + result.notices,

@@ -139,6 +139,12 @@ def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
     """
     ray = _ray()
     connect(address)
+    if address is None and workers:
+        # More workers than a local machine has GPUs (or CPUs) would wait for them forever.
+        resources = ray.cluster_resources()
+        kind = "GPU" if resources.get("GPU", 0) >= 1 else "CPU"
+        if workers > resources.get(kind, 0):
+            raise ValueError(f"{workers} workers need {workers} {kind}s; this machine has {int(resources.get(kind, 0))}")
     actors = get_workers(workers)
     queue = deque(tasks)
     pending: dict[Any, tuple[Any, Any]] = {}
