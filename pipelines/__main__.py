@@ -42,6 +42,8 @@ def _point(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.compositing import EDGE_MODES
+
     parser = _Parser(prog="python -m pipelines", description="Backdrop: change a photo's background.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -66,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
     edit.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
     edit.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
-    edit.add_argument("--feather", type=int, default=4, help="soft seam width, pixels")
+    edit.add_argument("--feather", type=int, default=4,
+                      help="soft seam width, pixels (feather edge); widens the matting band (matte edge)")
+    edit.add_argument("--edge", choices=EDGE_MODES, default="matte",
+                      help="matte: alpha matting at the subject's edge (no halo of the old background); "
+                           "feather: a soft ramp outside the subject; hard: a binary cut")
     edit.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
     edit.add_argument("--out", type=Path, help="output file (never overwritten)")
     edit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -101,7 +107,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
         image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edit_subject=args.edit_subject, keyword=args.keyword,
+        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
@@ -111,14 +117,15 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
         print(json.dumps({
-            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "prompt": result.prompt,
+            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+            "edge": args.edge, "prompt": result.prompt,
             "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
-        for path, seed in zip(result.paths, result.seeds):
-            print(f"{path}  (seed {seed})")
+        for path, seed, score in zip(result.paths, result.seeds, result.scores):
+            print(f"{path}  (seed {seed}, score {score:g})")
     return 0
 
 
