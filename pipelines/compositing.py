@@ -35,9 +35,9 @@ from pipelines import images, masking
 EDGE_MODES = ("matte", "feather", "hard")
 
 TILE = 128  # the band is solved in TILE x TILE blocks ...
-# ... each with context around it: at least a whole band's width (2 x radius), so every block sees
-# known pixels and the roots of strands that cross into it (with 8 pixels a 25-pixel hair lost half
-# its alpha where it crossed a block's side; with 16 the blocks agree with one whole-image solve).
+# ... each with context around it: beyond the band's radius, so every block sees known pixels, and
+# at least 16 pixels, so it sees the roots of strands that cross into it (with 8 a 25-pixel hair lost
+# half its alpha where it crossed a block's side; with 16 the blocks agree with one whole-image solve).
 MIN_MARGIN = 16
 # Alphas within half an 8-bit step of 0 or 1 cannot change a byte of the composite: snap them, so
 # solid subject stays the photo's own pixels exactly and the far background the new one's.
@@ -118,7 +118,7 @@ def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int, workers: i
     rgb = np.asarray(photo.convert("RGB"))
     alpha = (trimap == 1.0).astype(np.float32)
     foreground = np.zeros(rgb.shape, np.float32)  # allocated lazily: only the band's pages are touched
-    margin = max(MIN_MARGIN, 2 * radius)
+    margin = max(MIN_MARGIN, radius + 2)
     blocks = _band_blocks(trimap == 0.5, TILE)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for (y0, y1, x0, x1), (a, f) in zip(

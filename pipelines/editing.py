@@ -110,14 +110,16 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         if not 0 <= index < len(prediction.masks):
             raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
         subject = prediction.masks[index]
+    # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
+    # subject all hair) and still keep it.
+    cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)
+    if cut.max() <= 0:
+        raise ValueError("the mask leaves nothing to repaint")
+    if cut.min() >= 1:
+        raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
     layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
                                    feather=request.feather, edit_subject=request.edit_subject)
-    repaint = compositing.diffusion_mask(layer, feather=request.feather)
-    if repaint.max() <= 0:
-        raise ValueError("the mask leaves nothing to repaint")
-    if repaint.min() >= 1:
-        raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
-    return repaint, layer, notices
+    return compositing.diffusion_mask(layer, feather=request.feather), layer, notices
 
 
 def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
