@@ -119,6 +119,11 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
     layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
                                    feather=request.feather, edit_subject=request.edit_subject)
+    if isinstance(layer, compositing.Matte) and not (layer.alpha == 1.0).any():
+        # Nothing solid left (specks, or a subject thinner than the band everywhere): keep it whole.
+        notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
+        layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
+                                       feather=request.feather, edit_subject=request.edit_subject)
     return compositing.diffusion_mask(layer, feather=request.feather), layer, notices
 
 
