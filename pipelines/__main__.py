@@ -47,6 +47,8 @@ def _workers(text: str) -> int:
 
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
+    from pipelines.compositing import EDGE_MODES
+
     parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
     parser.add_argument("--mood", help="mood keywords (skips LLaVA)")
     parser.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")
@@ -62,7 +64,11 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
     parser.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
     parser.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
-    parser.add_argument("--feather", type=int, default=4, help="soft seam width, pixels")
+    parser.add_argument("--feather", type=int, default=4,
+                        help="soft seam width, pixels (feather edge); widens the matting band (matte edge)")
+    parser.add_argument("--edge", choices=EDGE_MODES, default="matte",
+                        help="matte: alpha matting at the subject's edge (no halo of the old background); "
+                             "feather: a soft ramp outside the subject; hard: a binary cut")
     parser.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
 
 
@@ -120,7 +126,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
         image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edit_subject=args.edit_subject, keyword=args.keyword,
+        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
@@ -130,14 +136,15 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
         print(json.dumps({
-            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "prompt": result.prompt,
+            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+            "edge": args.edge, "prompt": result.prompt,
             "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
-        for path, seed in zip(result.paths, result.seeds):
-            print(f"{path}  (seed {seed})")
+        for path, seed, score in zip(result.paths, result.seeds, result.scores):
+            print(f"{path}  (seed {seed}, score {score:g})")
     return 0
 
 

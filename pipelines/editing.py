@@ -3,8 +3,8 @@
 This module only chains the stages; each stage lives in its own module:
 
     photo ─► masking (SAM clicks or a given mask, refined) ─► prompting (LLaVA mood, Llama 2 prompt)
-          ─► blending (SDXL + SLD + erased encoders, working size) ─► images.composite (full size)
-          ─► saved PNGs with their parameters
+          ─► blending (SDXL + SLD + erased encoders, working size) ─► compositing (edge mode, full size)
+          ─► ranking (best first) ─► saved PNGs with their parameters
 
 The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import images, masking, prompting
+from pipelines import compositing, images, masking, prompting, ranking
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult
 
@@ -37,9 +37,10 @@ SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
 
 @dataclass
 class Prepared:
-    """What an edit needs before diffusion: the repaint mask and the final prompt."""
+    """What an edit needs before diffusion: the repaint mask, the edge and the final prompt."""
 
-    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint
+    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint: what diffusion paints
+    layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer)
     mood: str
     prompt: prompting.PromptResult
     notices: list[str]
@@ -63,6 +64,8 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         raise ValueError(f"unknown safety level {request.safety!r} (choose {', '.join(SAFETY_LEVELS)})")
     if SAFETY_LEVELS.index(request.safety) < SAFETY_LEVELS.index(settings.min_safety):
         raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
+    if request.edge not in compositing.EDGE_MODES:
+        raise ValueError(f"unknown edge {request.edge!r} (choose {', '.join(compositing.EDGE_MODES)})")
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     if request.erased is not None:
@@ -81,9 +84,10 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         masking.check_points(request.image, request.points)
 
 
-def build_mask(request: EditRequest, settings: Settings,
-               predictor: "masking.MaskPredictor | None" = None) -> tuple[np.ndarray, list[str]]:
-    """The full-size repaint mask for a request: a given mask, or SAM (or GrabCut) from the clicks."""
+def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
+               ) -> tuple[np.ndarray, compositing.Matte | np.ndarray, list[str]]:
+    """The full-size repaint mask for a request (a given mask, or SAM or GrabCut from the clicks),
+    and the edge layer the composite uses (a matte, or that mask for the feather and hard edges)."""
     if request.mask is not None:
         # A given mask marks the region to repaint; the rest is kept exactly. Refining it with
         # subject = not-repaint puts the feather ramp inside the repaint region, like for clicks.
@@ -106,13 +110,21 @@ def build_mask(request: EditRequest, settings: Settings,
         if not 0 <= index < len(prediction.masks):
             raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
         subject = prediction.masks[index]
-    repaint = masking.refine_mask(subject, grow=request.grow, feather=request.feather,
-                                  edit_subject=request.edit_subject)
-    if repaint.max() <= 0:
+    # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
+    # subject all hair) and still keep it.
+    cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)
+    if cut.max() <= 0:
         raise ValueError("the mask leaves nothing to repaint")
-    if repaint.min() >= 1:
+    if cut.min() >= 1:
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
-    return repaint, notices
+    layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
+                                   feather=request.feather, edit_subject=request.edit_subject)
+    if isinstance(layer, compositing.Matte) and not (layer.alpha == 1.0).any():
+        # Nothing solid left (specks, or a subject thinner than the band everywhere): keep it whole.
+        notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
+        layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
+                                       feather=request.feather, edit_subject=request.edit_subject)
+    return compositing.diffusion_mask(layer, feather=request.feather), layer, notices
 
 
 def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
@@ -125,7 +137,7 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
 
     report("mask", 0, 0, None)
     start = time.perf_counter()
-    mask, mask_notices = build_mask(request, settings, predictor)
+    mask, layer, mask_notices = build_mask(request, settings, predictor)
     notices += mask_notices
     timings["mask"] = time.perf_counter() - start
 
@@ -156,7 +168,7 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
             temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
     notices += prompt.notices
     timings["prompt"] = time.perf_counter() - start
-    return Prepared(mask=mask, mood=mood, prompt=prompt, notices=notices)
+    return Prepared(mask=mask, layer=layer, mood=mood, prompt=prompt, notices=notices)
 
 
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
@@ -176,8 +188,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         out: a file path for the first image; further candidates get -2, -3, ... suffixes.
 
     Returns:
-        The `EditResult`: full-size images, seeds, the final prompt and its token count, the mood,
-        the mask, saved paths, timings per stage and notices.
+        The `EditResult`: full-size images with their seeds and scores (best score first), the final
+        prompt and its token count, the mood, the mask, saved paths, timings per stage and notices.
 
     Raises:
         ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
@@ -219,23 +231,31 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
     timings["diffusion"] = time.perf_counter() - start
 
-    # 5. Back to full size, compositing the decoded images once: the kept region is the original
-    # photo, byte for byte, and the seam is the full-size feathered mask
+    # 5. Back to full size, compositing the decoded images once through the edge (matte, feather
+    # or hard): the solid kept region is the original photo, byte for byte
     start = time.perf_counter()
-    finals = [images.composite(request.image, image, ready.mask) for image in blended.decoded]
+    finals = [compositing.composite(request.image, image, ready.layer) for image in blended.decoded]
     timings["composite"] = time.perf_counter() - start
 
-    result = EditResult(
-        images=finals, seeds=list(blended.seeds), prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative,
-        mask=ready.mask, timings=timings, notices=notices)
+    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
+    start = time.perf_counter()
+    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    scores = [ranking.score_candidate(request.image, image, 1.0 - weight) for image in finals]
+    order = ranking.best_first(scores)
+    timings["ranking"] = time.perf_counter() - start
 
-    # 6. Save, with the parameters that reproduce each image
+    result = EditResult(
+        images=[finals[i] for i in order], seeds=[blended.seeds[i] for i in order],
+        prompt=ready.prompt.prompt, prompt_tokens=ready.prompt.tokens, mood=ready.mood,
+        negative_prompt=negative, mask=weight, scores=[scores[i].total for i in order],
+        timings=timings, notices=notices)
+
+    # 7. Save, with the parameters that reproduce each image
     if save:
         report("save", 0, 0, None)
         start = time.perf_counter()
         effective = blended.safety
-        for image, image_seed in zip(finals, result.seeds):
+        for image, image_seed in zip(result.images, result.seeds):
             text = format_parameters(request, result, image_seed, working.size, settings.sdxl_model,
                                      prompt_2, effective)
             path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
@@ -271,6 +291,8 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Prompt 2": prompt_2,
         "Original size": f"{request.image.width}x{request.image.height}",
         "Backdrop edit": "subject" if request.edit_subject else "background",
+        "Edge": request.edge,
+        "Score": result.scores[result.seeds.index(seed)] if seed in result.seeds and result.scores else "none",
     }
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
     return f"{result.prompt}\nNegative prompt: {result.negative_prompt}\n{tail}"
