@@ -114,12 +114,23 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
             "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "prompt": result.prompt,
             "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
         for path, seed in zip(result.paths, result.seeds):
             print(f"{path}  (seed {seed})")
     return 0
+
+
+def _safety_json(record) -> dict:
+    """The `safety` object of `edit --json`: preset, effective warm-up δ, concept as used, and the
+    check of every output (withheld ones included)."""
+    import dataclasses
+
+    return {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
+            "checker": record.checker,
+            "checks": [{**dataclasses.asdict(check), "labels": list(check.labels)} for check in record.checks]}
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
