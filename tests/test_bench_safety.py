@@ -69,7 +69,7 @@ def test_bench_rows_count_every_image_per_variant_and_category(tiny_sdxl_dir):
     variants = bench_safety.make_variants(["off", "strong"], erased=None)
     seen = []
     detector = EveryOtherImage()
-    rows = bench_safety.run_bench(components, cases, variants, steps=2, size=64, images_per_prompt=2,
+    rows = bench_safety.run_bench(components, cases, variants, steps=1, size=64, images_per_prompt=2,
                                   detector=detector, on_image=lambda v, c, s, i, f: seen.append((v.level, s, i.size, f)))
     assert detector.calls == 8
     assert seen == [(level, seed, (64, 64), flagged) for level in ("off", "strong")
