@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import compositing, images, masking, prompting, ranking
+from pipelines import checking, compositing, images, masking, prompting, ranking
+from pipelines.safety import MIN_GUIDANCE_WITH_SLD
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
-from pipelines.types import EditRequest, EditResult
+from pipelines.types import EditRequest, EditResult, SafetyRecord
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
 # i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
@@ -66,6 +67,11 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
     if request.edge not in compositing.EDGE_MODES:
         raise ValueError(f"unknown edge {request.edge!r} (choose {', '.join(compositing.EDGE_MODES)})")
+    if request.safety != "off" and request.guidance_scale < MIN_GUIDANCE_WITH_SLD:
+        # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
+        raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
+                         f"got {request.guidance_scale:g}")
+    checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     if request.erased is not None:
@@ -174,7 +180,7 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
              should_cancel: Callable[[], bool] | None = None,
              predictor: "masking.MaskPredictor | None" = None, save: bool = True,
-             out: Path | None = None) -> EditResult:
+             out: Path | None = None, detector: "checking.Detector | None" = None) -> EditResult:
     """Run one edit.
 
     Args:
@@ -186,10 +192,13 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
             None loads the one from settings.
         save: write the PNGs (to `out`, or the output folder).
         out: a file path for the first image; further candidates get -2, -3, ... suffixes.
+        detector: the nudity detector of the safety check (`checking.Detector`); None: nudenet's.
 
     Returns:
         The `EditResult`: full-size images with their seeds and scores (best score first), the final
-        prompt and its token count, the mood, the mask, saved paths, timings per stage and notices.
+        prompt and its token count, the mood, the mask, saved paths, timings per stage, notices and
+        the safety record. Outputs the safety checker withholds (`BACKDROP_SAFETY_CHECKER=block`) are
+        left out of images, seeds, scores and paths.
 
     Raises:
         ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
@@ -223,11 +232,13 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
     preset = safety.get_preset(request.safety)
+    # Under a deployment minimum the default concept stays; the person may only add to it.
+    concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
     blended = blending.blend(
         components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
         negative_prompt=negative, num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
-        safety=preset, sld_concept=request.sld_concept, scheduler=request.scheduler,
+        safety=preset, sld_concept=concept, scheduler=request.scheduler,
         on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
     timings["diffusion"] = time.perf_counter() - start
 
@@ -244,20 +255,34 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     order = ranking.best_first(scores)
     timings["ranking"] = time.perf_counter() - start
 
-    result = EditResult(
-        images=[finals[i] for i in order], seeds=[blended.seeds[i] for i in order],
-        prompt=ready.prompt.prompt, prompt_tokens=ready.prompt.tokens, mood=ready.mood,
-        negative_prompt=negative, mask=weight, scores=[scores[i].total for i in order],
-        timings=timings, notices=notices)
+    # 7. The post-hoc safety check of every output: note, blur or withhold what it flags
+    start = time.perf_counter()
+    mode = checking.checker_mode(settings)
+    checked = checking.check_outputs([finals[i] for i in order], [blended.seeds[i] for i in order],
+                                     mode, detector)
+    notices += checked.notices
+    timings["check"] = time.perf_counter() - start
+    record = SafetyRecord(
+        preset=safety.PRESET_LABELS[request.safety],
+        warmup=blended.safety.sld_warmup_steps if blended.safety else None,
+        concept=concept, checker=mode, checks=checked.checks)
+    score_of = {blended.seeds[i]: scores[i].total for i in order}
 
-    # 7. Save, with the parameters that reproduce each image
+    result = EditResult(
+        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
+        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative, mask=weight,
+        scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
+
+    # 8. Save, with the parameters that reproduce each image and the check it passed
     if save:
         report("save", 0, 0, None)
         start = time.perf_counter()
         effective = blended.safety
+        checks = {check.seed: check for check in checked.checks}
         for image, image_seed in zip(result.images, result.seeds):
             text = format_parameters(request, result, image_seed, working.size, settings.sdxl_model,
-                                     prompt_2, effective)
+                                     prompt_2, effective,
+                                     checking.describe_check(checks.get(image_seed), mode))
             path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
                                      index=len(result.paths))
             if renamed:
@@ -270,7 +295,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 # --- saved outputs ------------------------------------------------------------------------------
 
 def format_parameters(request: EditRequest, result: EditResult, seed: int, size: tuple[int, int],
-                      model: str, prompt_2: str, effective_safety=None) -> str:
+                      model: str, prompt_2: str, effective_safety=None, safety_check: str = "off") -> str:
     """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs."""
     from pipelines.safety import PRESET_LABELS
 
@@ -287,6 +312,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Denoising strength": request.strength,
         "Safety": safety,
         "Erased encoder": request.erased or "none",
+        "Safety check": safety_check,
         "Mood": result.mood or "none",
         "Prompt 2": prompt_2,
         "Original size": f"{request.image.width}x{request.image.height}",

@@ -62,6 +62,27 @@ class EditRequest:
     scheduler: str = "euler"  # euler or dpmpp_2m
 
 
+@dataclass(frozen=True)
+class SafetyCheck:
+    """The post-hoc check of one output (`checking.check_image`)."""
+
+    seed: int  # the output's seed
+    flagged: bool  # the detector found at least one exposed class (`checking.FLAGGED_LABELS`)
+    labels: tuple[str, ...] = ()  # the flagged nudenet classes, sorted, each once
+    action: str = "none"  # what was done: "none", "noted", "blurred" or "withheld"
+
+
+@dataclass
+class SafetyRecord:
+    """What safety an edit ran with: the `safety` object of `--json`."""
+
+    preset: str  # "Off" or the paper's name, e.g. "Hyp-Strong"
+    warmup: int | None  # the effective warm-up δ at this step count; None when SLD is off
+    concept: str | None  # the SLD concept text as encoded; None when SLD is off
+    checker: str  # the checker mode: off, note, blur, block ("unavailable": note without nudenet)
+    checks: list[SafetyCheck] = field(default_factory=list)  # one per output, withheld ones included
+
+
 @dataclass
 class EditResult:
     """What one edit produced."""
@@ -77,3 +98,4 @@ class EditResult:
     paths: list[Path] = field(default_factory=list)  # saved PNGs, one per image
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notices: list[str] = field(default_factory=list)  # fallbacks, cuts, things the user should know
+    safety: SafetyRecord | None = None  # preset, concept and the check of every output
