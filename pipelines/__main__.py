@@ -2,6 +2,7 @@
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
+    python -m pipelines edit photo.jpg --point 512,380 --background white --canvas 1:1
     python -m pipelines batch photos.csv --out edited/ --steps 30 --workers 4
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
@@ -45,8 +46,19 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+def _canvas(text: str) -> str:
+    from pipelines.canvas import parse_canvas_text
+
+    try:
+        parse_canvas_text(text)  # the form and sign; whether it holds the photo: validate_request
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
+    from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
 
     parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
@@ -70,6 +82,14 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
                         help="matte: alpha matting at the subject's edge (no halo of the old background); "
                              "feather: a soft ramp outside the subject; hard: a binary cut")
     parser.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
+    parser.add_argument("--background", default="generate", metavar="KIND",
+                        help="generate (SDXL, the default); transparent (RGBA PNG); a colour (white, #rrggbb, "
+                             "a CSS name); a picture file (scaled to cover); blur or blur:RADIUS (the photo's "
+                             "own background blurred). Plain kinds need no model, prompt or keyword")
+    parser.add_argument("--canvas", type=_canvas, metavar="WxH|W:H",
+                        help="a larger frame: WxH, or a ratio such as 16:9 (the smallest of that shape that "
+                             "holds the photo); the photo is not scaled, the new area is painted too")
+    parser.add_argument("--place", choices=PLACES, default="center", help="where the photo sits on the canvas")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +146,8 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
         image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject, keyword=args.keyword,
+        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject,
+        background=args.background, canvas=args.canvas, place=args.place, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
@@ -137,11 +158,14 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({
             "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "prompt": result.prompt,
+            "edge": args.edge, "background": result.background, "canvas": result.canvas, "prompt": result.prompt,
             "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
+    elif result.background != "generate":
+        for path in result.paths:
+            print(f"{path}  (background {result.background})")
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
         for path, seed, score in zip(result.paths, result.seeds, result.scores):

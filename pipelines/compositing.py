@@ -17,8 +17,8 @@ subject is repainted) and the region that gets a new background. Three edge mode
 Both solvers come from `pymatting` and run only on tiles that hold part of the band, so the cost grows
 with the length of the subject's outline, not with the photo's area.
 
-Any background composites through `composite`: a generated image, or (later) a colour, a picture or a
-blurred photo; `Matte` is also what a transparent cutout needs (alpha and the clean colours).
+Any background composites through `composite`: a generated image, a colour, a picture or the blurred
+photo (`backgrounds`); `Matte` is also what a transparent cutout needs (alpha and the clean colours).
 """
 
 from __future__ import annotations
@@ -184,6 +184,18 @@ def cutout(photo: Image.Image, matte: Matte) -> Image.Image:
                    np.clip(np.rint(matte.foreground), 0, 255).astype(np.uint8))
     a = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(np.dstack([rgb, a]), "RGBA")
+
+
+def as_matte(photo: Image.Image, layer: Matte | np.ndarray) -> Matte:
+    """Any kept layer as a `Matte` (for `cutout`): a matte as it is; a feather or hard repaint mask
+    as alpha = 1 - mask, with the photo's own colours wherever it is partly kept (those edges have no
+    estimated foreground: that is what the matte edge adds).
+    """
+    if isinstance(layer, Matte):
+        return layer
+    alpha = (1.0 - layer).astype(np.float32)
+    foreground = np.asarray(photo.convert("RGB"), dtype=np.float32) * ((alpha > 0) & (alpha < 1))[..., None]
+    return Matte(alpha=alpha, foreground=foreground)
 
 
 def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0, feather: int = 0,
