@@ -31,7 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class GpuOutOfMemory(RuntimeError):
 @dataclass(frozen=True)
 class SDXLComponents:
     """The parts of SDXL the loop uses. Frozen: to swap the text encoders for erased ones, make a
-    copy with `dataclasses.replace(components, text_encoder=..., text_encoder_2=...)`."""
+    copy with `erasure.with_erased_encoders`, which keeps the originals for SLD's concept."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL  # float32 when SDXL's VAE would overflow in float16 (config.force_upcast)
@@ -94,6 +94,10 @@ class SDXLComponents:
     cpu_offload: bool = False  # models wait on the CPU and move to `device` only while they run
     force_zeros_for_empty_prompt: bool = True  # model_index.json: an empty negative prompt is zeros
     vae_tiling: bool = False  # the VAE encodes and decodes large images tile by tile
+    # With erased encoders swapped in (`erasure.with_erased_encoders`): the original ones, which
+    # encode SLD's concept (the erased ones map it to noise). None: the encoders above are the originals.
+    original_text_encoder: CLIPTextModel | None = None
+    original_text_encoder_2: CLIPTextModelWithProjection | None = None
 
 
 _CACHE: OrderedDict[tuple, SDXLComponents] = OrderedDict()
@@ -242,6 +246,19 @@ def encode_prompt(components: SDXLComponents, prompt: str,
         pooled = getattr(output, "text_embeds", None)  # only the second encoder has a projection
     prompt_embeds = torch.cat(hidden_states, dim=-1).to(components.dtype)
     return prompt_embeds, pooled.to(device=components.device, dtype=components.dtype)
+
+
+def encode_sld_concept(components: SDXLComponents, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode SLD's unsafe-concept text with the ORIGINAL text encoders, as `encode_prompt` does.
+
+    With an erased pair swapped in, the prompts go through the erased encoders, but the concept
+    must not: they are trained to map it (e.g. nudity) to noise, and SLD would then steer away
+    from noise instead of from what it must avoid.
+    """
+    if components.original_text_encoder is not None:
+        components = replace(components, text_encoder=components.original_text_encoder,
+                             text_encoder_2=components.original_text_encoder_2)
+    return encode_prompt(components, concept)
 
 
 def encode_image(components: SDXLComponents, image: Image.Image) -> torch.Tensor:
@@ -469,7 +486,7 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
                                                              negative_prompt_2 or negative_prompt or "")
         slots, pooled_slots = [negative_embeds, prompt_embeds], [negative_pooled, pooled]
     if sld is not None:
-        concept_embeds, concept_pooled = encode_prompt(components, sld_concept or default_sld_concept())
+        concept_embeds, concept_pooled = encode_sld_concept(components, sld_concept or default_sld_concept())
         slots.append(concept_embeds)
         pooled_slots.append(concept_pooled)
     encoder_hidden_states = torch.cat(slots)

@@ -201,7 +201,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
-    components = with_erased_encoders(components, request.erased, settings.erased_dir)
+    components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
     # 4. Blended latent diffusion at the working size
