@@ -357,6 +357,77 @@ def test_sd14_entry_is_refused_for_sdxl(tmp_path, components, erased):
         with_erased_encoders(components, "old", tmp_path)
 
 
+def _other_base_pair(erased):
+    """The erased pair as if trained on another model: frozen weights that differ from the tiny SDXL's."""
+    te1, te2 = copy.deepcopy(erased["text_encoder"]), copy.deepcopy(erased["text_encoder_2"])
+    with torch.no_grad():
+        for name, param in te2.named_parameters():
+            if name.endswith("embeddings.position_embedding.weight"):
+                param.add_(0.01)
+    return te1, te2
+
+
+def test_a_pair_from_another_base_model_gives_a_notice(tmp_path, components, erased):
+    te1, te2 = _other_base_pair(erased)
+    save_erased(tmp_path / "other", te1, te2, {"concept": CONCEPT, "base": "sdxl", "base_model": "someone/other-sdxl"})
+    swapped, notices = with_erased_encoders(components, "other", tmp_path)
+    assert notices == [f"erased encoder 'other' was trained on someone/other-sdxl, not on the loaded SDXL "
+                       f"{components.model_id} (their text encoders differ): the concept may not be erased "
+                       "and other prompts may change"]
+    assert swapped.text_encoder_2 is not components.text_encoder_2  # still swapped in: a notice, not a refusal
+    # The same weights recorded under another name of the model (a hub id for a local copy): no notice.
+    save_erased(tmp_path / "same", erased["text_encoder"], erased["text_encoder_2"],
+                {"concept": CONCEPT, "base": "sdxl", "base_model": "stabilityai/stable-diffusion-xl-base-1.0"})
+    assert with_erased_encoders(components, "same", tmp_path)[1] == []
+    # Swapping again from swapped components compares with the originals, not with the pair in place.
+    assert with_erased_encoders(swapped, "same", tmp_path)[0].original_text_encoder_2 is components.text_encoder_2
+
+
+def test_the_base_model_notice_reaches_the_edit_result(tiny_settings, erased):
+    from conftest import make_photo
+
+    from pipelines.editing import run_edit
+    from pipelines.types import EditRequest
+
+    te1, te2 = _other_base_pair(erased)
+    save_erased(tiny_settings.erased_dir / "other", te1, te2, {"concept": CONCEPT, "base": "sdxl"})
+    photo = make_photo(64, 64)
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, 32:] = 1.0
+    request = EditRequest(image=photo, mask=mask, prompt="a forest", erased="other", num_inference_steps=1, seed=0)
+    result = run_edit(request, tiny_settings, save=False)
+    assert f"erased encoder 'other' was trained on an unknown model, not on the loaded SDXL {tiny_settings.sdxl_model} " \
+           "(their text encoders differ): the concept may not be erased and other prompts may change" in result.notices
+
+
+def test_sld_concept_is_encoded_by_the_original_encoders(components, erased_dir):
+    """Issue 12.3: with an erased pair active, SLD's concept goes through the ORIGINAL encoders (the
+    erased ones map it to noise), while the prompt goes through the erased ones."""
+    from pipelines.blending import blend, encode_prompt
+    from pipelines.safety import get_preset
+
+    swapped, _ = with_erased_encoders(components, "van-gogh", erased_dir)
+    concept, prompt = f"in the style of {CONCEPT}", "a misty pine forest at dawn"
+    seen = []
+    hook = components.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["encoder_hidden_states"].clone(),
+                                                  kwargs["added_cond_kwargs"]["text_embeds"].clone())),
+        with_kwargs=True)
+    image, mask = _photo_and_mask()
+    try:
+        blend(swapped, image, mask, prompt, num_inference_steps=2, seeds=[0], safety=get_preset("medium"),
+              sld_concept=concept)
+    finally:
+        hook.remove()
+    hidden, pooled = seen[0]  # slots: [negative, prompt, concept]
+    original_hidden, original_pooled = encode_prompt(components, concept)
+    assert hidden.shape[0] == 3
+    assert torch.equal(hidden[2:3], original_hidden) and torch.equal(pooled[2:3], original_pooled)
+    assert torch.equal(hidden[1:2], encode_prompt(swapped, prompt)[0])
+    erased_hidden = encode_prompt(swapped, concept)[0]
+    assert float((erased_hidden - original_hidden).abs().mean()) > 0.1  # so which encoders matters
+
+
 def _photo_and_mask():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), "RGB")
