@@ -157,8 +157,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     """Train, save and report an erased encoder pair; the checks come before any loading."""
     from tqdm.auto import tqdm
 
-    from pipelines.erasure import check_name, concept_slug
-    from pipelines.erasure_training import ErasureConfig, erase_concept
+    from pipelines.erasure import check_name, concept_slug, erase_concept
+    from pipelines.erasure_training import ErasureConfig
 
     config = ErasureConfig(
         concept=args.concept, concept_type=args.concept_type, epochs=args.epochs, lr=args.lr, seed=args.seed,

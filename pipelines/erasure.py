@@ -1,7 +1,8 @@
-"""Concept-erased text encoders on disk and in SDXL: save, list, load, and swap them in.
+"""Concept-erased text encoders on disk and in SDXL: make, save, list, load, and swap them in.
 
-Training lives in `pipelines/erasure_training.py` (the `erase` command in `pipelines/__main__.py`
-runs it); this module is what the page and `editing.run_edit` use. An entry is a folder
+Training lives in `pipelines/erasure_training.py`; `erase_concept` here runs it on a model folder
+and saves the result (the `erase` command in `pipelines/__main__.py` calls it). The page and
+`editing.run_edit` use the rest. An entry is a folder
 `<erased dir>/<name>/` with `text_encoder/`, `text_encoder_2/` (SDXL) and `erasure.json`, the record
 of what was erased from which base model.
 
@@ -23,7 +24,13 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.erasure_training import ErasureConfig, ErasureReport
 
 BASES = ("sdxl", "sd14")
 RECORD_FILE = "erasure.json"
@@ -258,3 +265,74 @@ def _same_frozen_weights(erased, original) -> bool:
         return False
     return all(mine[k].shape == theirs[k].shape
                and torch.equal(mine[k].to(device=theirs[k].device, dtype=theirs[k].dtype), theirs[k]) for k in mine)
+
+
+# ----------------------------------------------------------------------------------------------
+# Making an entry: erase from a model folder and save (what the `erase` command runs)
+# ----------------------------------------------------------------------------------------------
+def erase_concept(config: ErasureConfig, model: str, out_dir: Path, device: str, overwrite: bool = False,
+                  on_progress: Callable[[int, int, float], None] | None = None) -> tuple[ErasureReport, Path]:
+    """Load a model's original text encoders, erase the concept, and save the pair with its record.
+
+    Args:
+        model: diffusers folder or model id holding `tokenizer`, `text_encoder` (and for SDXL
+            `tokenizer_2`, `text_encoder_2`) subfolders; recorded as `base_model`, which
+            `with_erased_encoders` names when the pair meets another model.
+        out_dir: `<erased dir>/<name>/`.
+        device: where to train (in float32).
+        overwrite: replace an existing entry.
+        config: an `erasure_training.ErasureConfig`.
+        on_progress: as for `erasure_training.train_erasure`.
+
+    Returns:
+        (report, the saved folder).
+
+    Raises:
+        ValueError: if the entry exists and `overwrite` is False (checked before loading anything).
+    """
+    import torch
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from pipelines.erasure_training import anchor_prompts, concept_prompts, train_erasure
+
+    # 1. Check inputs: an existing entry is refused before minutes of training
+    if Path(out_dir).exists() and not overwrite:
+        raise ValueError(f"erased encoder {Path(out_dir).name!r} already exists at {out_dir}; use --force to replace it")
+
+    # 2. Load the original encoders, float32 for training
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=torch.float32).to(device)
+    tokenizer_2 = text_encoder_2 = None
+    if config.base == "sdxl":
+        tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            model, subfolder="text_encoder_2", dtype=torch.float32).to(device)
+
+    # 3. Train
+    report = train_erasure(text_encoder, tokenizer, config, text_encoder_2, tokenizer_2, on_progress=on_progress)
+
+    # 4. Save with the record
+    record = {
+        "name": Path(out_dir).name,
+        "concept": config.concept,
+        "concept_type": config.concept_type,
+        "base": config.base,
+        "base_model": str(model),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "lr": report.lr,
+        "epochs": report.epochs,
+        "steps": report.steps,
+        "batch_size": config.batch_size,
+        "anchor_batch_size": config.anchor_batch_size,
+        "seed": config.seed,
+        "anchor_weight": config.anchor_weight,
+        "device": str(device),
+        "losses": report.losses,
+        "report": {k: v for k, v in report.to_dict().items() if k not in ("losses", "concept_losses", "anchor_losses")},
+        "concept_prompts": concept_prompts(config.concept, config.concept_type),
+        "anchor_prompts": anchor_prompts(exclude=config.concept),
+        "method": "L2 to a fixed seeded random target (per-feature mean/std of the original anchor outputs), "
+                  "from the concept's first token to position 76, and pooled; anchors held at original "
+                  "outputs (positions 1..76); attention/MLP weights train",
+    }
+    return report, save_erased(out_dir, text_encoder, text_encoder_2, record, overwrite=overwrite)

@@ -1,8 +1,8 @@
 """Training concept-erased text encoders: the prompts, the loss, the loop, and the report.
 
-Storage and swapping of trained pairs live in `pipelines/erasure.py`; the `erase` command that
-calls `erase_concept` lives in `pipelines/__main__.py`; the prompt lists are plain text files under
-`prompts/erasure/` (see prompts/README.md).
+Making, storing and swapping entries live in `pipelines/erasure.py` (its `erase_concept` calls
+`train_erasure`; the `erase` command in `pipelines/__main__.py` calls it); the prompt lists are
+plain text files under `prompts/erasure/` (see prompts/README.md).
 
 The method (seed 000): prompts that contain an unwanted concept ("in the style of van gogh",
 "a nude person") are regressed with an L2 loss onto a fixed random target in the representations
@@ -37,7 +37,8 @@ Choices, stated once:
 - **Loss.** Mean squared error per representation divided by that representation's mean target
   variance (`mean(std**2)`), so each representation counts alike whatever its scale; the concept
   term and the anchor term use the same units and `anchor_weight` balances them. At the start the
-  concept term is about 2 (two independent draws of the same spread) and the anchor term 0.
+  concept term is a little under 2 (the target's variance, 1, plus the concept positions' own
+  spread, mostly padding) and the anchor term 0.
 - **What trains.** Only the self-attention and MLP weights (and biases) of the transformer layers
   that feed a consumed representation. Embeddings, layer norms and the projection are frozen, so
   the token table stays intact and anchors have less reason to drift (and `pipelines.erasure` can
@@ -47,14 +48,11 @@ Choices, stated once:
   little: the report's "drift" numbers say how much.
 - **Schedule.** One epoch is one pass over the concept prompts, shuffled, in batches of
   `batch_size`; every step also runs `anchor_batch_size` anchors drawn at random from the 48
-  (fewer per step than all of them, but more of them overall, which held unseen prompts better in
-  our tiny-model runs). Adam, gradient norm clipped at 1.
-  Defaults per concept type (`DEFAULT_HYPERPARAMETERS`): the seed sets the learning rate by
-  concept type but gives no numbers, only `--epoch 50` in its command lines, so these are ours:
-  style 1e-5 and object 1e-5 (one name, a narrow region of the embedding space), nsfw 2e-5
-  (a diffuse concept spread over many words and contexts needs a larger push), 50 epochs each.
-  They have not been tuned on the real SDXL weights (none are reachable from here); the printed
-  report says how far the concept moved, so raise `--lr` or `--epochs` if it moved too little.
+  (more of them overall held unseen prompts better in our tiny-model runs). Adam, gradient norm
+  clipped at 1. Defaults per concept type (`DEFAULT_HYPERPARAMETERS`) are ours: the seed sets the
+  learning rate by type but gives only `--epoch 50`. Style and object 1e-5 (one name, a narrow
+  region), nsfw 2e-5 (a diffuse concept needs a larger push), 50 epochs each; not tuned on real
+  SDXL weights: raise `--lr` or `--epochs` if the printed report says the concept moved too little.
 - **Precision.** Training runs in float32 (Adam in float16 is unstable); the encoders are saved in
   float32 and cast to the pipeline's dtype when loaded. Real SDXL encoders need about 16 GB of GPU
   memory to train this way.
@@ -68,11 +66,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.erasure import BASES, save_erased
+from pipelines.erasure import BASES
 
 CONCEPT_TYPES = ("style", "object", "nsfw")
 MAX_LENGTH = 77  # CLIP's context, BOS and EOS included
@@ -474,7 +471,6 @@ def train_erasure(text_encoder, tokenizer, config: ErasureConfig, text_encoder_2
 
     def after_bos(tok, prompt: str) -> int:
         return 1
-
     masks = {name: _position_masks(tokenizers, texts, from_concept if "concepts" in name else after_bos, device)
              for name, texts in prompts.items()}
     # The report's prefix drift: the concept prompts at positions 1 .. concept start - 1
@@ -557,72 +553,3 @@ def train_erasure(text_encoder, tokenizer, config: ErasureConfig, text_encoder_2
         seconds=time.perf_counter() - start_time,
         per_representation=per_rep,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Erase from a model folder and save (what the `erase` command runs)
-# ----------------------------------------------------------------------------------------------
-def erase_concept(config: ErasureConfig, model: str, out_dir: Path, device: str, overwrite: bool = False,
-                  on_progress: Callable[[int, int, float], None] | None = None) -> tuple[ErasureReport, Path]:
-    """Load a model's original text encoders, erase the concept, and save the pair with its record.
-
-    Args:
-        config: what to erase and how.
-        model: diffusers folder or model id holding `tokenizer`, `text_encoder` (and for SDXL
-            `tokenizer_2`, `text_encoder_2`) subfolders; recorded as `base_model`, which
-            `pipelines.erasure.with_erased_encoders` names when the pair meets another model.
-        out_dir: `<erased dir>/<name>/`.
-        device: where to train (in float32).
-        overwrite: replace an existing entry.
-        on_progress: as for `train_erasure`.
-
-    Returns:
-        (report, the saved folder).
-
-    Raises:
-        ValueError: if the entry exists and `overwrite` is False (checked before loading anything).
-    """
-    import torch
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    # 1. Check inputs: an existing entry is refused before minutes of training
-    if Path(out_dir).exists() and not overwrite:
-        raise ValueError(f"erased encoder {Path(out_dir).name!r} already exists at {out_dir}; use --force to replace it")
-
-    # 2. Load the original encoders, float32 for training
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=torch.float32).to(device)
-    tokenizer_2 = text_encoder_2 = None
-    if config.base == "sdxl":
-        tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            model, subfolder="text_encoder_2", dtype=torch.float32).to(device)
-
-    # 3. Train
-    report = train_erasure(text_encoder, tokenizer, config, text_encoder_2, tokenizer_2, on_progress=on_progress)
-
-    # 4. Save with the record
-    record = {
-        "name": Path(out_dir).name,
-        "concept": config.concept,
-        "concept_type": config.concept_type,
-        "base": config.base,
-        "base_model": str(model),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "lr": report.lr,
-        "epochs": report.epochs,
-        "steps": report.steps,
-        "batch_size": config.batch_size,
-        "anchor_batch_size": config.anchor_batch_size,
-        "seed": config.seed,
-        "anchor_weight": config.anchor_weight,
-        "device": str(device),
-        "losses": report.losses,
-        "report": {k: v for k, v in report.to_dict().items() if k not in ("losses", "concept_losses", "anchor_losses")},
-        "concept_prompts": concept_prompts(config.concept, config.concept_type),
-        "anchor_prompts": anchor_prompts(exclude=config.concept),
-        "method": "L2 to a fixed seeded random target (per-feature mean/std of the original anchor outputs), "
-                  "from the concept's first token to position 76, and pooled; anchors held at original "
-                  "outputs (positions 1..76); attention/MLP weights train",
-    }
-    return report, save_erased(out_dir, text_encoder, text_encoder_2, record, overwrite=overwrite)
