@@ -181,7 +181,7 @@ def test_erase_loss_ignores_positions_before_the_concept():
     assert torch.equal(rep.grad[:, 0], torch.zeros(2, 8)) and torch.equal(rep.grad[1, :4], torch.zeros(4, 8))
     assert bool((rep.grad[0, 1:] != 0).all()) and bool((rep.grad[1, 4:] != 0).all())
     expected = (rep[masks["hidden_1"]] ** 2).mean() / 2.0
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_unrelated_prompts_keep_the_positions_before_the_concept(tiny_encoders, erased):
