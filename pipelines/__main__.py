@@ -33,12 +33,12 @@ def _point(text: str):
         if len(parts) not in (2, 3):
             raise ValueError
         x, y, *label = (int(float(p)) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y or X,Y,LABEL (label 1 subject, 0 not)") from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y or X,Y,LABEL (label 1 subject, 0 not)") from err
     try:
         return ClickPoint(x, y, label[0] if label else 1)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
