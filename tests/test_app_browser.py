@@ -72,7 +72,7 @@ def browser():
 # Every page's animation frames come late, as on a busy machine: Gradio applies some updates a
 # frame after rendering, and a test that only passes on an idle machine hides such races.
 SLOW_FRAMES = """(() => { const raf = window.requestAnimationFrame.bind(window);
-  window.requestAnimationFrame = (cb) => raf((t) => setTimeout(() => cb(t), 150)); })()"""
+  window.requestAnimationFrame = (cb) => raf((t) => setTimeout(() => cb(t), 400)); })()"""
 
 
 def _new_page(browser):
