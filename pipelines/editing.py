@@ -11,6 +11,7 @@ The page (`app.py`) and the command line (`python -m pipelines edit`) both call 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -32,7 +33,8 @@ ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
-SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
+SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
+                 "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
 @dataclass
@@ -65,6 +67,10 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
         from pipelines.erasure import list_erased
 
@@ -185,9 +191,17 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     """
     from pipelines import blending, safety
     from pipelines.erasure import with_erased_encoders
+    from pipelines.fast import use_fast
 
-    # 1. Check inputs, pick seeds
+    # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
     validate_request(request, settings)
+    fast_preset = None
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        fast_preset = get_fast_preset(request.fast)
+        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
+                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
     seed = request.seed if request.seed is not None else random.randrange(2**32)
     seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
@@ -201,6 +215,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
+    notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
     components = with_erased_encoders(components, request.erased, settings.erased_dir)
     timings["load"] = time.perf_counter() - start
 
@@ -267,6 +282,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Denoising strength": request.strength,
         "Safety": safety,
         "Erased encoder": request.erased or "none",
+        "Fast": request.fast or "off",
         "Mood": result.mood or "none",
         "Prompt 2": prompt_2,
         "Original size": f"{request.image.width}x{request.image.height}",

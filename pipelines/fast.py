@@ -131,7 +131,7 @@ def use_fast(components, preset: FastPreset | None, lora_dir: Path) -> list[str]
         if preset is None:
             return []
         path = lora_file(preset, lora_dir)
-        originals, notices = fuse_lora_file(unet, path, preset.lora_scale, adapter_name=preset.name)
+        originals, notices = fuse_lora_file(unet, path, preset.lora_scale)
         _FUSED[unet] = _Fused(preset.name, originals)
         return notices
 
