@@ -155,13 +155,15 @@ def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
     from conftest import make_photo
 
     from pipelines.editing import read_parameters, run_edit, validate_request
-    from pipelines.types import ClickPoint, EditRequest
+    from pipelines.types import EditRequest
 
     preset = FAST_PRESETS["lightning-4step"]
     save_random_lora(components.unet, tiny_settings.lora_dir / preset.filename)
     photo = make_photo()
-    request = EditRequest(image=photo, points=[ClickPoint(80, 60)], prompt="a beach", mood="", seed=3,
-                          fast="lightning-4step", safety="medium")
+    mask = np.zeros((photo.height, photo.width), np.float32)
+    mask[:, 80:] = 1.0  # a given mask: no SAM needed
+    request = EditRequest(image=photo, mask=mask, prompt="a beach", mood="", seed=3, fast="lightning-4step",
+                          safety="medium")
     shared = blending.load_sdxl_from_settings(tiny_settings)
     try:
         result = run_edit(request, tiny_settings)
