@@ -112,17 +112,23 @@ class Meter:
         self.gpu = gpu
         self.unit = "GiB" if gpu else "MiB"
 
-    def reset(self) -> None:
+    def reset(self) -> float:
+        """Restart the peak; returns the memory in use now."""
         if self.gpu:
             torch.cuda.reset_peak_memory_stats()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from the current RSS
+            return torch.cuda.memory_allocated() / 2**30
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from the current RSS
+        return self._status("VmRSS:")
 
     def peak(self) -> float:
         if self.gpu:
             return torch.cuda.max_memory_allocated() / 2**30
+        return self._status("VmHWM:")
+
+    @staticmethod
+    def _status(key: str) -> float:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -135,16 +141,19 @@ class Recorder:
         self.wall: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
         self.peaks: dict[str, float] = {}
+        self.growth: dict[str, float] = {}  # peak minus what was in use when the call started
 
     def time(self, name: str, fn) -> None:
         self.sync()
-        self.meter.reset()
+        in_use = self.meter.reset()
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         self.sync()
         self.wall.setdefault(name, []).append(time.perf_counter() - start)
         self.cpu.setdefault(name, []).append(time.process_time() - start_cpu)
-        self.peaks[name] = max(self.peaks.get(name, 0.0), self.meter.peak())
+        peak = self.meter.peak()
+        self.peaks[name] = max(self.peaks.get(name, 0.0), peak)
+        self.growth[name] = max(self.growth.get(name, 0.0), peak - in_use)
 
     def interleaved(self, cases: dict, rounds: int) -> None:
         """Every case once per round, interleaved, after one untimed warm-up each."""
@@ -278,7 +287,7 @@ def bench(args) -> None:
         print(f"CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}, tiny SDXL, {args.size}x{args.size}, "
               f"{args.steps} steps, Euler, {args.rounds} rounds; ratios from the median CPU time of the process")
     table(record.wall, None if gpu else record.cpu, reference="diffusers SDXL inpaint", memory=record.peaks,
-          unit=record.meter.unit, references=references)
+          unit=record.meter.unit, references=references, growth=record.growth)
     for note in notes:
         print(f"- {note}")
     summary(record.wall if gpu else record.cpu)
@@ -308,14 +317,17 @@ def build_full_size(device: str, dtype: torch.dtype) -> tuple[SDXLComponents, ob
 
 
 def table(wall: dict[str, list[float]], cpu: dict[str, list[float]] | None, reference: str,
-          memory: dict[str, float] | None, unit: str = "GiB", references: dict[str, str] | None = None) -> None:
-    """A Markdown table: wall seconds (median, min), CPU seconds, ratio to the row's reference, peak memory."""
+          memory: dict[str, float] | None, unit: str = "GiB", references: dict[str, str] | None = None,
+          growth: dict[str, float] | None = None) -> None:
+    """A Markdown table: wall seconds (median, min), CPU seconds, ratio to the row's reference, peak memory
+    and (growth) how far the peak rose above what was in use when the call started."""
     basis = cpu if cpu is not None else wall
     references = references or {}
     columns = [("case", 40), ("wall s", 8), ("wall min", 8)]
     columns += [("CPU s", 7)] if cpu is not None else []
     columns += [("x ref", 7)]
     columns += [(f"peak {unit}", 9)] if memory is not None else []
+    columns += [(f"+{unit} in call", 11)] if growth is not None else []
     print("| " + " | ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}"
                             for i, (name, width) in enumerate(columns)) + " |")
     print("| " + " | ".join("-" * width if i == 0 else "-" * (width - 1) + ":"
@@ -328,6 +340,8 @@ def table(wall: dict[str, list[float]], cpu: dict[str, list[float]] | None, refe
         cells.append(f"{statistics.median(basis[name]) / ref:>7.3f}")
         if memory is not None:
             cells.append(f"{memory.get(name, float('nan')):>9.2f}")
+        if growth is not None:
+            cells.append(f"{growth.get(name, float('nan')):>11.2f}")
         print("| " + " | ".join(cells) + " |")
 
 

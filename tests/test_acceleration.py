@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_lora import tiny_unet_output
 
 from pipelines import acceleration, blending
 from pipelines.acceleration import SpeedOptions, attention_processors, plan_speed, warm_up
@@ -34,14 +35,6 @@ def photo_and_mask():
     mask[:, 32:] = 1.0
     return photo, mask
 
-
-def _unet_output(unet) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 16, 16, generator=generator)
-    conditions = {"text_embeds": torch.randn(2, 32, generator=generator), "time_ids": torch.randn(2, 6, generator=generator)}
-    with torch.no_grad():
-        return unet(sample, torch.tensor(500.0), encoder_hidden_states=torch.randn(2, 77, 64, generator=generator),
-                    added_cond_kwargs=conditions).sample
 
 
 def test_defaults_on_the_cpu_change_nothing_but_name_sdpa(tiny_sdxl_dir):
@@ -89,11 +82,11 @@ def test_every_option_on_gives_the_same_unet_and_a_close_vae(tiny_sdxl_dir, phot
     assert attention_processors(fast.vae) == "FusedAttnProcessor2_0 (SDPA, fused QKV)"
     assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.vae.dtype == torch.bfloat16 and fast.unet.dtype == torch.float32
-    assert torch.allclose(_unet_output(fast.unet), _unet_output(plain.unet), atol=1e-5, rtol=0)
+    assert torch.allclose(tiny_unet_output(fast.unet), tiny_unet_output(plain.unet), atol=1e-5, rtol=0)
 
     classic = load_sdxl(str(tiny_sdxl_dir), speed=SpeedOptions(attention="classic"))
     assert classic.speed == ("attention: AttnProcessor",)
-    assert torch.allclose(_unet_output(classic.unet), _unet_output(plain.unet), atol=1e-5, rtol=0)
+    assert torch.allclose(tiny_unet_output(classic.unet), tiny_unet_output(plain.unet), atol=1e-5, rtol=0)
 
     photo, mask = photo_and_mask
     ours, reference = (blend(c, photo, mask, "a lake", num_inference_steps=3, seeds=[1]) for c in (fast, plain))

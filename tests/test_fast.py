@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from tiny_lora import save_random_lora
+from tiny_lora import save_random_lora, tiny_unet_output
 
 from pipelines import blending, fast
 from pipelines.blending import FEW_STEP_SAMPLERS, blend, load_sdxl, make_scheduler
@@ -37,15 +37,6 @@ def _preset(filename: str) -> FastPreset:
     return FastPreset(filename, filename, "nobody/nothing", filename, "euler_trailing", 4, 1.0)
 
 
-def _unet_output(unet) -> torch.Tensor:
-    """The UNet on fixed inputs: (2, 4, 16, 16)."""
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 16, 16, generator=generator)
-    conditions = {"text_embeds": torch.randn(2, 32, generator=generator), "time_ids": torch.randn(2, 6, generator=generator)}
-    with torch.no_grad():
-        return unet(sample, torch.tensor(500.0), encoder_hidden_states=torch.randn(2, 77, 64, generator=generator),
-                    added_cond_kwargs=conditions).sample
-
 
 def _unfused_lora_output(unet, path) -> torch.Tensor:
     """Reference: diffusers' own LoRA loading, run through PEFT's wrappers without fusing."""
@@ -54,7 +45,7 @@ def _unfused_lora_output(unet, path) -> torch.Tensor:
     reference = copy.deepcopy(unet)
     state_dict, alphas = SDXLLoras.lora_state_dict(str(path))
     SDXLLoras.load_lora_into_unet(state_dict, alphas, unet=reference)
-    return _unet_output(reference)
+    return tiny_unet_output(reference)
 
 
 def test_every_preset_has_a_few_step_sampler_and_guidance_safety_can_use():
@@ -86,10 +77,10 @@ def test_fused_lora_matches_the_unfused_one_and_switching_back_is_bit_identical(
     unet = components.unet
     original = {name: p.detach().clone() for name, p in unet.state_dict().items()}
     pristine = copy.deepcopy(unet)
-    base = _unet_output(unet)
+    base = tiny_unet_output(unet)
 
     assert use_fast(components, _preset("a.safetensors"), lora_dir) == []
-    with_a = _unet_output(unet)
+    with_a = tiny_unet_output(unet)
     assert fast.fused_preset(unet) == "a.safetensors"
     assert not any("lora" in name for name in unet.state_dict())  # fused, the wrappers are gone
     assert (with_a - base).abs().max() > 1e-3
@@ -97,12 +88,12 @@ def test_fused_lora_matches_the_unfused_one_and_switching_back_is_bit_identical(
     assert use_fast(components, _preset("a.safetensors"), lora_dir) == []  # already fused: nothing to do
 
     use_fast(components, _preset("b.safetensors"), lora_dir)  # switch: restore, then fuse the other
-    with_b = _unet_output(unet)
+    with_b = tiny_unet_output(unet)
     assert torch.allclose(with_b, _unfused_lora_output(pristine, lora_dir / "b.safetensors"), atol=1e-5, rtol=0)
 
     use_fast(components, None, lora_dir)
     assert fast.fused_preset(unet) is None
-    assert torch.equal(_unet_output(unet), base)
+    assert torch.equal(tiny_unet_output(unet), base)
     assert all(torch.equal(p, original[name]) for name, p in unet.state_dict().items())
 
 
@@ -110,13 +101,13 @@ def test_fused_qkv_projections_follow_the_lora(components, lora_dir):
     fused_qkv = copy.deepcopy(components.unet)
     fused_qkv.fuse_qkv_projections()
     qkv = dataclasses.replace(components, unet=fused_qkv)
-    base = _unet_output(fused_qkv)
+    base = tiny_unet_output(fused_qkv)
     use_fast(qkv, _preset("a.safetensors"), lora_dir)
     plain = dataclasses.replace(components, unet=copy.deepcopy(components.unet))
     use_fast(plain, _preset("a.safetensors"), lora_dir)
-    assert torch.allclose(_unet_output(fused_qkv), _unet_output(plain.unet), atol=1e-5, rtol=0)
+    assert torch.allclose(tiny_unet_output(fused_qkv), tiny_unet_output(plain.unet), atol=1e-5, rtol=0)
     use_fast(qkv, None, lora_dir)
-    assert torch.equal(_unet_output(fused_qkv), base)
+    assert torch.equal(tiny_unet_output(fused_qkv), base)
 
 
 def test_a_missing_lora_file_is_one_line_naming_the_folder(components, tmp_path):

@@ -1,5 +1,6 @@
 """A random SDXL LoRA built in code and saved as diffusers saves LoRAs, for the Fast-preset tests and
-the benchmark (the real few-step LoRAs are hundreds of MB and cannot be downloaded here)."""
+the benchmark (the real few-step LoRAs are hundreds of MB and cannot be downloaded here); and the
+tiny UNet's output on fixed inputs, to compare weights by what they compute."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def save_random_lora(unet, path: Path, rank: int = 4, seed: int = 0, std: float 
     path.parent.mkdir(parents=True, exist_ok=True)
     StableDiffusionXLPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
     return path
+
+
+def tiny_unet_output(unet) -> torch.Tensor:
+    """The tiny SDXL UNet (tests/tiny_models.py) on fixed random inputs: (2, 4, 16, 16) float32."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 16, 16, generator=generator)
+    conditions = {"text_embeds": torch.randn(2, 32, generator=generator), "time_ids": torch.randn(2, 6, generator=generator)}
+    with torch.no_grad():
+        return unet(sample, torch.tensor(500.0), encoder_hidden_states=torch.randn(2, 77, 64, generator=generator),
+                    added_cond_kwargs=conditions).sample
