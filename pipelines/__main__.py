@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines.fast import FAST_PRESETS
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 
@@ -62,6 +63,8 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="default: random (printed)")
     parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
+    parser.add_argument("--fast", choices=FAST_PRESETS, metavar="NAME",
+                        help=f"a few-step LoRA preset, which sets steps, guidance and sampler: {', '.join(FAST_PRESETS)}")
     parser.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
     parser.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
     parser.add_argument("--feather", type=int, default=4,
@@ -146,7 +149,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
-        num_candidates=args.candidates, scheduler=args.scheduler)
+        num_candidates=args.candidates, scheduler=args.scheduler, fast=args.fast)
     result = run_edit(request, settings, on_progress=_progress, out=args.out)
     for notice in result.notices:
         sys.stderr.write(f"note: {notice}\n")
