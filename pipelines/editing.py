@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -31,13 +32,18 @@ from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
 
+if TYPE_CHECKING:
+    from pipelines.fast import FastPreset
+
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
 # i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
 ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
-SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
+MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
+SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
+                 "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class Painted:
 def validate_request(request: EditRequest, settings: Settings) -> Plan:
     """Refuse bad requests before any slow work, with one line each.
 
+    The one check of a request's values: the stages `run_edit` calls trust them. What can only be
+    known later (the mood LLaVA reads, what the refined mask leaves to repaint) is checked there.
+
     Returns:
         The `Plan`: the parsed background (a picture loaded) and the canvas frame.
     """
@@ -105,6 +114,10 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
     checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
         from pipelines.erasure import list_erased
 
@@ -112,11 +125,26 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         if request.erased not in available:
             raise ValueError(f"unknown erased encoder {request.erased!r} "
                              f"(available: {', '.join(available) or 'none'})")
+    if int(request.num_inference_steps * request.strength) < 1:
+        raise ValueError(f"strength {request.strength} is too low for {request.num_inference_steps} steps: "
+                         "no step would run")
+    if request.feather < 0:
+        raise ValueError(f"feather must be 0 or more, got {request.feather}")
+    if request.mask_candidate is not None and not 0 <= request.mask_candidate < MASK_CANDIDATES:
+        raise ValueError(f"mask candidate must be between 0 and {MASK_CANDIDATES - 1}, "
+                         f"got {request.mask_candidate}")
     width, height = request.image.size
-    if request.mask is not None and request.mask.shape != (height, width):
-        raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
-                         f"but the photo is {width}x{height}")
-    if request.mask is None and request.subject is None:
+    if request.mask is not None:
+        if request.mask.shape != (height, width):
+            raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
+                             f"but the photo is {width}x{height}")
+        if request.edit_subject:
+            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
+    elif request.subject is not None:
+        if request.subject.shape != (height, width):
+            raise ValueError(f"the subject mask has shape {request.subject.shape} "
+                             f"but the photo is {width}x{height}")
+    else:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
     frame = canvas.parse_canvas(request.canvas, request.image.size, request.place, settings.max_image_pixels)
@@ -129,29 +157,23 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
     and hard edges) from a given mask, or SAM or GrabCut from the clicks; and notices.
 
     `outpaint`: the canvas is larger than the photo, so a mask that repaints nothing of the photo
-    still leaves the new area to paint."""
+    still leaves the new area to paint.
+
+    The request has passed `validate_request` (mask and subject sizes, points, candidate range).
+    """
+    notices: list[str] = []
     if request.mask is not None:
         # A given mask marks the region to repaint; the rest is kept exactly. Refining it with
         # subject = not-repaint puts the feather ramp inside the repaint region, like for clicks.
         subject = request.mask < 0.5
-        notices: list[str] = []
-        if request.edit_subject:
-            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
     elif request.subject is not None:
-        if request.subject.shape != (request.image.height, request.image.width):
-            raise ValueError("the subject mask does not match the photo")
-        subject, notices = request.subject.astype(bool), []
+        subject = request.subject.astype(bool)
     else:
         if predictor is None:
             predictor, notices = masking.get_predictor(settings)
-        else:
-            notices = []
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
-        index = request.mask_candidate or 0
-        if not 0 <= index < len(prediction.masks):
-            raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
-        subject = prediction.masks[index]
+        subject = prediction.masks[request.mask_candidate or 0]
     # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
     # subject all hair) and still keep it.
     cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)
@@ -250,8 +272,15 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     """
     from pipelines import safety
 
-    # 1. Check inputs, pick seeds
+    # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
     plan = validate_request(request, settings)
+    fast_preset = None
+    if request.fast is not None and not plan.background.plain:
+        from pipelines.fast import get_fast_preset
+
+        fast_preset = get_fast_preset(request.fast)
+        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
+                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
     seed = request.seed if request.seed is not None else random.randrange(2**32)
     timings: dict[str, float] = {}
@@ -265,7 +294,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         painted = _paint_plain(request, plan, ready, seed, timings, notices)
     else:
         seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
-        painted = _generate(request, settings, ready, seeds, report, should_cancel, timings)
+        painted = _generate(request, settings, ready, seeds, fast_preset, report, should_cancel, timings, notices)
 
     # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
     # (a plain background gives one image, and nothing to compare it with)
@@ -332,18 +361,23 @@ def _paint_plain(request: EditRequest, plan: Plan, ready: Prepared, seed: int, t
     return Painted(images=[image], seeds=[seed if request.seed is not None else 0], size=image.size)
 
 
-def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: list[int], report: ProgressFn,
-              should_cancel: Callable[[], bool] | None, timings: dict[str, float]) -> Painted:
+def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: list[int],
+              fast_preset: "FastPreset | None",
+              report: ProgressFn, should_cancel: Callable[[], bool] | None, timings: dict[str, float],
+              notices: list[str]) -> Painted:
     """Steps 3-5 for `generate`: SDXL (with erased encoders and SLD) paints the repaint region at the
     working size, and each image is composited onto the photo at the canvas's full size."""
     from pipelines import blending, safety
     from pipelines.erasure import with_erased_encoders
+    from pipelines.fast import use_fast
 
     # 3. Load SDXL (cached) and swap in erased text encoders if asked
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
-    components = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
+    components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
     # 4. Blended latent diffusion at the working size (on a canvas, the new area starts from the
@@ -400,6 +434,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
             "Denoising strength": request.strength,
             "Safety": safety,
             "Erased encoder": request.erased or "none",
+            "Fast": request.fast or "off",
         }
     else:
         fields["Size"] = f"{size[0]}x{size[1]}"
