@@ -185,12 +185,12 @@ def build_demo(settings: Settings, studio=None):
             result = studio.edit(edit_request, request.session_hash, on_progress)
         except Cancelled:
             gr.Warning("Cancelled.")
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
             raise gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds)]
         return (gallery, (image, result.images[0]), [str(p) for p in result.paths], result.prompt,
-                result.seeds[0], notices_md(result.notices), result.mood or gr.skip())
+                result.seeds[0], notices_md(result.notices), result.mood or gr.skip(), result.prompt_2)
 
     def on_select_result(state, paths, evt: gr.SelectData):
         if state["key"] is None or not paths or evt.index >= len(paths):
@@ -257,6 +257,8 @@ def build_demo(settings: Settings, studio=None):
 
                     negative = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2)
                     quality = gr.Textbox(quality_words(), label="Quality words", lines=2)
+                    prompt_2 = gr.Textbox(label="Prompt 2 as used (the scene, then the quality words that fit)",
+                                          interactive=False, lines=2, elem_id="prompt-2")
                     scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -288,7 +290,7 @@ def build_demo(settings: Settings, studio=None):
             on_generate,
             [state, mood, keyword, prompt, safety, concept, erased, steps, guidance, strength, seed,
              random_seed, candidates, negative, quality, scheduler, candidate, grow, feather, edit],
-            [gallery, before_after, files, prompt, seed, notices, mood],
+            [gallery, before_after, files, prompt, seed, notices, mood, prompt_2],
             concurrency_id="gpu", concurrency_limit=1)  # one diffusion at a time on the GPU
         cancel.click(on_cancel, None, None, queue=False)
         gallery.select(on_select_result, [state, files], [before_after])
