@@ -1,6 +1,6 @@
 """Prompt weights in the seed's syntax: `realistic photography+++, realism++`.
 
-A run of `+` right after a word, before a comma, a space or the end, weights the text back to the
+A run of `+` right after a word, and not followed by a letter or digit, weights the text back to the
 previous comma (or the previous weight mark): each `+` multiplies the weight by 1.1, as in compel,
 so `realistic photography+++` is compel's `(realistic photography)+++`, weight 1.331. Any other `+`
 (`2+2`, `+ light`) is text. The marks never reach a tokenizer: `parse_weights` splits a text into
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 WEIGHT_STEP = 1.1  # compel's: every "+" multiplies the weight by 1.1
 
-# A weight mark: "+" run after a word character, followed by a comma, whitespace or the end.
-_MARK = re.compile(r"(?<=[^\s,+])\++(?=[\s,]|$)")
+# A weight mark: a "+" run after a word's last character, not followed by a letter or digit.
+_MARK = re.compile(r"(?<=[^\s,+])\++(?![\w+])")
 
 
 @dataclass(frozen=True)
