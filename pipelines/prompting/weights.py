@@ -47,6 +47,8 @@ def parse_weights(text: str) -> list[Fragment]:
         ("realistic photography", 3), (", ", 0), ("realism", 2)]; one fragment (or none for "")
         when there is no mark. Empty texts are left out.
     """
+    if "+" not in text:  # the common case, without the regex's per-character look-behind
+        return [Fragment(text)] if text else []
     fragments: list[Fragment] = []
     start = 0  # where the text not yet in a fragment begins
     for mark in _MARK.finditer(text):
@@ -76,7 +78,7 @@ def format_weights(fragments: list[Fragment]) -> str:
 
 def has_weights(text: str) -> bool:
     """Whether `text` holds a weight mark."""
-    return _MARK.search(text) is not None
+    return "+" in text and _MARK.search(text) is not None  # the "in" test is the fast common case
 
 
 def keep_plain_prefix(text: str, length: int) -> str:
