@@ -156,13 +156,15 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({
             "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "prompt": result.prompt,
-            "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
+            "edge": args.edge, "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+            "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens,
+            "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
+        print(f"prompt 2 ({result.prompt_2_tokens}/77 tokens): {result.prompt_2}")
         for path, seed, score in zip(result.paths, result.seeds, result.scores):
             print(f"{path}  (seed {seed}, score {score:g})")
     return 0

@@ -260,7 +260,10 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     working = images.to_working(request.image, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
-    prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
+    quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    second = prompting.second_prompt(ready.prompt.prompt, quality, (components.tokenizer, components.tokenizer_2))
+    prompt_2 = second.prompt
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
@@ -300,7 +303,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 
     result = EditResult(
         images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative, mask=weight,
+        prompt_tokens=ready.prompt.tokens, prompt_2=prompt_2, prompt_2_tokens=second.tokens,
+        mood=ready.mood, negative_prompt=negative, mask=weight,
         scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
 
     # 8. Save, with the parameters that reproduce each image and the check it passed
