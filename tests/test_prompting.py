@@ -374,17 +374,6 @@ def test_offsets_cut_equals_the_word_by_word_reference(clip_tokenizers, text):
     assert fast[1] == count_tokens(fast[0], clip_tokenizers) <= 77
 
 
-def test_the_cut_takes_under_5_ms(clip_tokenizers):
-    reply = long_reply()
-    cut_to_tokens(reply, clip_tokenizers)  # warm-up
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
-        cut_to_tokens(reply, clip_tokenizers)
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[7] < 0.005  # the median: robust to the odd scheduler stall on a busy machine
-
-
 def test_count_tokens_takes_one_or_several_tokenizers(clip_tokenizers):
     assert count_tokens("a photo of a cat", clip_tokenizers[0]) == 7
     assert count_tokens(long_reply(), clip_tokenizers) == 367  # no truncation
