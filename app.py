@@ -21,7 +21,7 @@ from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_argument
 
 DISPLAY_SIDE = 1280  # the longest side of the clickable preview; clicks are mapped back to the photo
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
-          "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
+          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
 
 
 def _hand_upload_to_our_loader(photo) -> None:
@@ -45,6 +45,7 @@ def build_demo(settings: Settings, studio=None):
 
     from pipelines import masking
     from pipelines.blending import Cancelled, GpuOutOfMemory
+    from pipelines.downloads import format_progress
     from pipelines.erasure import list_erased
     from pipelines.images import load_image
     from pipelines.prompting import MAX_TOKENS
@@ -176,7 +177,9 @@ def build_demo(settings: Settings, studio=None):
             seed=None if random_seed else int(seed), num_candidates=int(candidates), scheduler=scheduler)
 
         def on_progress(stage, i, n, preview):
-            if n:
+            if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
+                progress((i, n) if n else None, desc=f"{STAGES[stage]} {format_progress(i, n)}")
+            elif n:
                 progress((i, n), desc=f"{STAGES[stage]}: step {i}/{n}")
             else:
                 progress(None, desc=STAGES[stage])

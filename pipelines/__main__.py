@@ -1,9 +1,10 @@
-"""The command line: `python -m pipelines edit | presets | erase`.
+"""The command line: `python -m pipelines edit | presets | erase | download`.
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
+    python -m pipelines download all     # SDXL and SAM now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled). Progress goes to stderr, results to stdout.
@@ -80,10 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     erase = commands.add_parser("erase", help="train concept-erased text encoders")
     add_erase_arguments(erase)
     add_arguments(erase)
+
+    from pipelines.downloads import add_download_arguments
+
+    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM), to run offline later")
+    add_download_arguments(download)
+    add_arguments(download)
     return parser
 
 
 def _progress(stage: str, i: int, n: int, preview) -> None:
+    if stage == "download":
+        return  # pipelines.downloads draws its own bar, with bytes and speed
     if n:
         end = "\n" if i == n else "\r"
         sys.stderr.write(f"{stage}: step {i}/{n}{end}")
@@ -148,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.erasure import run_erase
 
             return run_erase(args, settings)
+        if args.command == "download":
+            from pipelines.downloads import run_download
+
+            return run_download(args, settings)
         return cmd_edit(args, settings)
     except ValueError as exc:
         sys.stderr.write(f"error: {_one_line(exc)}\n")

@@ -20,9 +20,11 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
 from fake_ollama import FakeOllama  # noqa: E402
-from tiny_models import build_clip_tokenizer, save_tiny_sam, save_tiny_sdxl  # noqa: E402
+from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
 from pipelines.settings import Settings  # noqa: E402
+
+register_tiny_sam()  # the test-only SAM variant "tiny", in the registry like vit_h, vit_l, vit_b
 
 TINY_WORKING_PIXELS = 128 * 128  # latents of 16x16: fast on a CPU
 
@@ -61,6 +63,7 @@ def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> 
     return Settings(
         sdxl_model=str(tiny_sdxl_dir),
         sam_checkpoint=tiny_sam_checkpoint,
+        sam_model_type="tiny",
         sam_auto_download=False,
         checkpoint_dir=tmp_path / "checkpoints",
         output_dir=tmp_path / "outputs",
