@@ -267,10 +267,13 @@ def weights_variant(folder: str | Path) -> str | None:
 
 def _complete(folder: Path, tokenizers_only: bool) -> bool:
     """Whether a snapshot folder holds what the app loads (tokenizers; or everything)."""
-    needed = ["tokenizer/vocab.json", "tokenizer_2/vocab.json"]
+    needed = ["tokenizer/tokenizer_config.json", "tokenizer_2/tokenizer_config.json"]
     if not tokenizers_only:
         needed += ["model_index.json", "scheduler/scheduler_config.json", *(f"{p}/config.json" for p in SDXL_WEIGHTS)]
     if not all((folder / name).is_file() for name in needed):
+        return False
+    # A tokenizer's vocabulary: the slow files (vocab.json, as on the hub) or the fast tokenizer.json.
+    if not all(any((folder / t / f).is_file() for f in ("vocab.json", "tokenizer.json")) for t in ("tokenizer", "tokenizer_2")):
         return False
     return tokenizers_only or all(
         any((folder / part / f"{stem}{v}.safetensors").is_file() for v in (".fp16", ""))
