@@ -5,9 +5,10 @@
     predictor, notices = get_predictor(settings)   # THE shared predictor (None: use GrabCut)
 
 `SAM_VARIANTS` is a plain dict, like segment-anything's `sam_model_registry`: each entry builds an
-untrained model. Other code (the tests' tiny model) adds its own entries; nothing is inferred from a
-checkpoint's tensor shapes. A checkpoint that does not fit its variant is refused with one line that
-names the variant it does fit, if any.
+untrained model. Other code (the tests' tiny model) adds its own entries; no architecture is inferred
+from a checkpoint's tensor shapes. `load_sam` refuses a checkpoint that does not fit its variant with
+one line naming the registered variant it does fit, if any; `get_predictor` then loads it as that
+variant and says so (a vit_b file given as vit_h still gives masks).
 
 `get_predictor` owns the only cache of the loaded model. A success is kept (until the checkpoint file
 changes); a failure is not: the next call (the page asks once per photo) tries again, so a download
@@ -90,10 +91,22 @@ def load_sam(checkpoint: Path, variant: str = "vit_h", device: str = "cpu") -> "
     return sam.to(device).eval()
 
 
+class OtherVariant(RuntimeError):
+    """The checkpoint is another registered variant (`fits`) than the one asked for."""
+
+    def __init__(self, message: str, fits: str) -> None:
+        super().__init__(message)
+        self.fits = fits
+
+
 def check_state_dict(state: dict, variant: str, source: Path | str = "the checkpoint") -> None:
     """Raise one clear line unless `state` has exactly the tensors of `variant` (names and shapes).
 
     The variants are built on the meta device for this (no memory, well under a second for vit_h).
+
+    Raises:
+        OtherVariant: `state` fits another registered variant (named in the message and `fits`).
+        RuntimeError: `state` is not SAM's, or fits no registered variant.
     """
     marker = "image_encoder.patch_embed.proj.weight"
     if marker not in state:
@@ -103,8 +116,8 @@ def check_state_dict(state: dict, variant: str, source: Path | str = "the checkp
         return
     fits = [other for other in SAM_VARIANTS if other != variant and not _mismatches(state, other)]
     if fits:
-        raise RuntimeError(f"SAM checkpoint {source} is a {fits[0]} model, not {variant}: "
-                           f"set BACKDROP_SAM_MODEL_TYPE={fits[0]}")
+        raise OtherVariant(f"SAM checkpoint {source} is a {fits[0]} model, not {variant}: "
+                           f"set BACKDROP_SAM_MODEL_TYPE={fits[0]}", fits[0])
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     raise RuntimeError(f"SAM checkpoint {source} does not fit the {variant} architecture: "
                        f"{'; '.join(problems[:3])}{more}")
@@ -193,16 +206,24 @@ def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None
         slot.progress = (done, total)
 
     slot.predictor = None
+    variant, notices = settings.sam_model_type, []
     try:
         checkpoint = downloads.ensure_sam_checkpoint(settings, on_progress=on_progress)
-        sam = load_sam(checkpoint, settings.sam_model_type, device)
+        try:
+            sam = load_sam(checkpoint, variant, device)
+        except OtherVariant as err:  # usable as it is: masks now, and a line saying what to set
+            notices = [f"the SAM checkpoint is a {err.fits} model, not {variant}: loaded as {err.fits} "
+                       f"(set BACKDROP_SAM_MODEL_TYPE={err.fits})"]
+            variant = err.fits
+            sam = load_sam(checkpoint, variant, device)
+            log.warning(notices[0])
     except RuntimeError as err:
         slot.failure = f"SAM unavailable: {err}"
         log.warning(slot.failure)
         return
     finally:
         slot.progress = None
-    slot.predictor = MaskPredictor(sam, cache_size=settings.sam_cache_size, variant=settings.sam_model_type)
+    slot.predictor = MaskPredictor(sam, cache_size=settings.sam_cache_size, variant=variant, notices=notices)
     slot.signature = _signature(path)
     slot.failure = None
 

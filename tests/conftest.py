@@ -100,5 +100,8 @@ def tiny_env(tiny_settings) -> dict:
         "BACKDROP_OUTPUT_DIR": str(s.output_dir), "OLLAMA_HOST": s.ollama_host,
         "BACKDROP_OLLAMA_TIMEOUT": str(s.ollama_timeout), "BACKDROP_DEVICE": "cpu",
         "BACKDROP_WORKING_PIXELS": str(s.working_pixels), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+        # tests/site/sitecustomize.py registers the tiny SAM variant in the started process; the
+        # settings keep vit_h, and the checkpoint loads as the variant it is, with a notice.
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "site"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     })
     return env
