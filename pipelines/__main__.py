@@ -1,13 +1,16 @@
-"""The command line: `python -m pipelines edit | presets | erase | download`.
+"""The command line: `python -m pipelines edit | batch | presets | erase | download`.
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
+    python -m pipelines batch photos.csv --out edited/ --steps 30 --workers 4
+    python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
     python -m pipelines download all     # SDXL and SAM now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
-not run (no GPU memory, missing weights, cancelled). Progress goes to stderr, results to stdout.
+not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
+Progress goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
@@ -27,19 +30,47 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _point(text: str):
-    from pipelines.types import ClickPoint
+    from pipelines.batch import parse_point
 
-    parts = text.split(",")
     try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        x, y, *label = (int(float(p)) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y or X,Y,LABEL (label 1 subject, 0 not)") from None
-    try:
-        return ClickPoint(x, y, label[0] if label else 1)
+        return parse_point(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return 0  # one per GPU (cluster.get_workers)
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a whole number of at least 1")
+    return int(text)
+
+
+def add_request_options(parser: argparse.ArgumentParser) -> None:
+    """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
+    from pipelines.compositing import EDGE_MODES
+
+    parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
+    parser.add_argument("--mood", help="mood keywords (skips LLaVA)")
+    parser.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")
+    parser.add_argument("--negative-prompt", help="default: prompts/negative_prompt.txt")
+    parser.add_argument("--safety", choices=SAFETY_LEVELS, default="off", help="SLD preset")
+    parser.add_argument("--sld-concept", help="what SLD steers away from (default: prompts/sld_concept.txt)")
+    parser.add_argument("--erased", metavar="NAME", help="use the erased text encoders NAME")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, help="default: random (printed)")
+    parser.add_argument("--candidates", type=int, default=1)
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
+    parser.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
+    parser.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
+    parser.add_argument("--feather", type=int, default=4,
+                        help="soft seam width, pixels (feather edge); widens the matting band (matte edge)")
+    parser.add_argument("--edge", choices=EDGE_MODES, default="matte",
+                        help="matte: alpha matting at the subject's edge (no halo of the old background); "
+                             "feather: a soft ramp outside the subject; hard: a binary cut")
+    parser.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,26 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--point", type=_point, action="append", metavar="X,Y[,LABEL]",
                        help="a click in photo pixels; label 1 = subject (default), 0 = not subject")
     where.add_argument("--mask", type=Path, help="mask image: white = repaint, in the photo's displayed orientation")
-    edit.add_argument("--keyword", default="", help="what the new background should be (any language)")
-    edit.add_argument("--mood", help="mood keywords (skips LLaVA)")
-    edit.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")
-    edit.add_argument("--negative-prompt", help="default: prompts/negative_prompt.txt")
-    edit.add_argument("--safety", choices=SAFETY_LEVELS, default="off", help="SLD preset")
-    edit.add_argument("--sld-concept", help="what SLD steers away from (default: prompts/sld_concept.txt)")
-    edit.add_argument("--erased", metavar="NAME", help="use the erased text encoders NAME")
-    edit.add_argument("--steps", type=int, default=30)
-    edit.add_argument("--guidance", type=float, default=7.5)
-    edit.add_argument("--strength", type=float, default=1.0)
-    edit.add_argument("--seed", type=int, help="default: random (printed)")
-    edit.add_argument("--candidates", type=int, default=1)
-    edit.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
-    edit.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
-    edit.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
-    edit.add_argument("--feather", type=int, default=4, help="soft seam width, pixels")
-    edit.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
+    add_request_options(edit)
     edit.add_argument("--out", type=Path, help="output file (never overwritten)")
     edit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_arguments(edit)
+
+    batch = commands.add_parser("batch", help="edit many photos: a CSV manifest or a folder (resumable)")
+    batch.add_argument("source", type=Path, help="a CSV manifest (one row per edit) or a folder of photos")
+    batch.add_argument("--out", type=Path, required=True, help="folder for the outputs and results.jsonl")
+    batch.add_argument("--workers", type=_workers, metavar="N|auto",
+                       help="run on N Ray workers (a local cluster, or the --ray one; auto: one per GPU); "
+                            "default: this process, or one worker per GPU of the --ray cluster")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_request_options(batch)
+    add_arguments(batch)
 
     presets = commands.add_parser("presets", help="the SLD safety presets")
     presets.add_argument("--json", action="store_true")
@@ -110,7 +135,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
         image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edit_subject=args.edit_subject, keyword=args.keyword,
+        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
@@ -120,15 +145,49 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
         print(json.dumps({
-            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "prompt": result.prompt,
+            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+            "edge": args.edge, "prompt": result.prompt,
             "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
-        for path, seed in zip(result.paths, result.seeds):
-            print(f"{path}  (seed {seed})")
+        for path, seed, score in zip(result.paths, result.seeds, result.scores):
+            print(f"{path}  (seed {seed}, score {score:g})")
     return 0
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines import batch
+
+    source = args.source
+    if source.is_dir():
+        rows, base = batch.folder_rows(source), source
+    elif source.is_file():
+        rows, base = batch.read_manifest(source), source.parent
+    else:
+        raise ValueError(f"{source} is neither a CSV manifest nor a folder")
+    tasks = batch.make_tasks(rows, vars(args), base, args.out.resolve(), settings)
+    records = batch.run_batch(tasks, settings, args.out, workers=args.workers, address=settings.ray_address,
+                              progress=not args.no_progress)
+    counts = {status: sum(r["status"] == status for r in records) for status in ("done", "skipped", "failed")}
+    for record in records:
+        if record["status"] == "failed":
+            sys.stderr.write(f"row {record['row']} ({record['photo']}): {record['error']}\n")
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"records in {args.out / 'results.jsonl'}")
+    return 1 if counts["failed"] else 0
+
+
+def _safety_json(record) -> dict:
+    """The `safety` object of `edit --json`: preset, effective warm-up δ, concept as used, and the
+    check of every output (withheld ones included)."""
+    import dataclasses
+
+    return {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
+            "checker": record.checker,
+            "checks": [{**dataclasses.asdict(check), "labels": list(check.labels)} for check in record.checks]}
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -161,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.downloads import run_download
 
             return run_download(args, settings)
+        if args.command == "batch":
+            return cmd_batch(args, settings)
         return cmd_edit(args, settings)
     except ValueError as exc:
         sys.stderr.write(f"error: {_one_line(exc)}\n")

@@ -3,8 +3,8 @@
 This module only chains the stages; each stage lives in its own module:
 
     photo ─► masking (SAM clicks or a given mask, refined) ─► prompting (LLaVA mood, Llama 2 prompt)
-          ─► blending (SDXL + SLD + erased encoders, working size) ─► images.composite (full size)
-          ─► saved PNGs with their parameters
+          ─► blending (SDXL + SLD + erased encoders, working size) ─► compositing (edge mode, full size)
+          ─► ranking (best first) ─► saved PNGs with their parameters
 
 The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
 """
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import downloads, images, masking, prompting, sam_models
+from pipelines import checking, compositing, downloads, images, masking, prompting, ranking, sam_models
+from pipelines.safety import MIN_GUIDANCE_WITH_SLD
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
-from pipelines.types import EditRequest, EditResult
+from pipelines.types import EditRequest, EditResult, SafetyRecord
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
 # or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
@@ -33,21 +34,27 @@ ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
+MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
 SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
 
 
 @dataclass
 class Prepared:
-    """What an edit needs before diffusion: the repaint mask and the final prompt."""
+    """What an edit needs before diffusion: the repaint mask, the edge and the final prompt."""
 
-    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint
+    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint: what diffusion paints
+    layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer)
     mood: str
     prompt: prompting.PromptResult
     notices: list[str]
 
 
 def validate_request(request: EditRequest, settings: Settings) -> None:
-    """Refuse bad requests before any slow work, with one line each."""
+    """Refuse bad requests before any slow work, with one line each.
+
+    The one check of a request's values: the stages `run_edit` calls trust them. What can only be
+    known later (the mood LLaVA reads, what the refined mask leaves to repaint) is checked there.
+    """
     if not request.points and request.mask is None and request.subject is None:
         raise ValueError("give at least one point on the subject, or a mask")
     if not 1 <= request.num_inference_steps <= MAX_STEPS:
@@ -64,6 +71,13 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         raise ValueError(f"unknown safety level {request.safety!r} (choose {', '.join(SAFETY_LEVELS)})")
     if SAFETY_LEVELS.index(request.safety) < SAFETY_LEVELS.index(settings.min_safety):
         raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
+    if request.edge not in compositing.EDGE_MODES:
+        raise ValueError(f"unknown edge {request.edge!r} (choose {', '.join(compositing.EDGE_MODES)})")
+    if request.safety != "off" and request.guidance_scale < MIN_GUIDANCE_WITH_SLD:
+        # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
+        raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
+                         f"got {request.guidance_scale:g}")
+    checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     if request.erased is not None:
@@ -73,47 +87,65 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         if request.erased not in available:
             raise ValueError(f"unknown erased encoder {request.erased!r} "
                              f"(available: {', '.join(available) or 'none'})")
+    if int(request.num_inference_steps * request.strength) < 1:
+        raise ValueError(f"strength {request.strength} is too low for {request.num_inference_steps} steps: "
+                         "no step would run")
+    if request.feather < 0:
+        raise ValueError(f"feather must be 0 or more, got {request.feather}")
+    if request.mask_candidate is not None and not 0 <= request.mask_candidate < MASK_CANDIDATES:
+        raise ValueError(f"mask candidate must be between 0 and {MASK_CANDIDATES - 1}, "
+                         f"got {request.mask_candidate}")
     width, height = request.image.size
-    if request.mask is not None and request.mask.shape != (height, width):
-        raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
-                         f"but the photo is {width}x{height}")
-    if request.mask is None and request.subject is None:
+    if request.mask is not None:
+        if request.mask.shape != (height, width):
+            raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
+                             f"but the photo is {width}x{height}")
+        if request.edit_subject:
+            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
+    elif request.subject is not None:
+        if request.subject.shape != (height, width):
+            raise ValueError(f"the subject mask has shape {request.subject.shape} "
+                             f"but the photo is {width}x{height}")
+    else:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
 
 
-def build_mask(request: EditRequest, settings: Settings,
-               predictor: "masking.MaskPredictor | None" = None) -> tuple[np.ndarray, list[str]]:
-    """The full-size repaint mask for a request: a given mask, or SAM (or GrabCut) from the clicks."""
+def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
+               ) -> tuple[np.ndarray, compositing.Matte | np.ndarray, list[str]]:
+    """The full-size repaint mask for a request (a given mask, or SAM or GrabCut from the clicks),
+    and the edge layer the composite uses (a matte, or that mask for the feather and hard edges).
+
+    The request has passed `validate_request` (mask and subject sizes, points, candidate range).
+    """
+    notices: list[str] = []
     if request.mask is not None:
         # A given mask marks the region to repaint; the rest is kept exactly. Refining it with
         # subject = not-repaint puts the feather ramp inside the repaint region, like for clicks.
         subject = request.mask < 0.5
-        notices: list[str] = []
-        if request.edit_subject:
-            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
     elif request.subject is not None:
-        if request.subject.shape != (request.image.height, request.image.width):
-            raise ValueError("the subject mask does not match the photo")
-        subject, notices = request.subject.astype(bool), []
+        subject = request.subject.astype(bool)
     else:
         if predictor is None:
             predictor, notices = sam_models.get_predictor(settings)
-        else:
-            notices = []
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
-        index = request.mask_candidate or 0
-        if not 0 <= index < len(prediction.masks):
-            raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
-        subject = prediction.masks[index]
-    repaint = masking.refine_mask(subject, grow=request.grow, feather=request.feather,
-                                  edit_subject=request.edit_subject)
-    if repaint.max() <= 0:
+        subject = prediction.masks[request.mask_candidate or 0]
+    # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
+    # subject all hair) and still keep it.
+    cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)
+    if cut.max() <= 0:
         raise ValueError("the mask leaves nothing to repaint")
-    if repaint.min() >= 1:
+    if cut.min() >= 1:
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
-    return repaint, notices
+    layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
+                                   feather=request.feather, edit_subject=request.edit_subject)
+    if isinstance(layer, compositing.Matte) and not (layer.alpha == 1.0).any():
+        # Nothing solid left (specks, or a subject thinner than the band everywhere): keep it whole.
+        notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
+        layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
+                                       feather=request.feather, edit_subject=request.edit_subject)
+    return compositing.diffusion_mask(layer, feather=request.feather), layer, notices
 
 
 def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
@@ -126,7 +158,7 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
 
     report("mask", 0, 0, None)
     start = time.perf_counter()
-    mask, mask_notices = build_mask(request, settings, predictor)
+    mask, layer, mask_notices = build_mask(request, settings, predictor)
     notices += mask_notices
     timings["mask"] = time.perf_counter() - start
 
@@ -158,13 +190,13 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
             temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
     notices += prompt.notices
     timings["prompt"] = time.perf_counter() - start
-    return Prepared(mask=mask, mood=mood, prompt=prompt, notices=notices)
+    return Prepared(mask=mask, layer=layer, mood=mood, prompt=prompt, notices=notices)
 
 
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
              should_cancel: Callable[[], bool] | None = None,
              predictor: "masking.MaskPredictor | None" = None, save: bool = True,
-             out: Path | None = None) -> EditResult:
+             out: Path | None = None, detector: "checking.Detector | None" = None) -> EditResult:
     """Run one edit.
 
     Args:
@@ -176,10 +208,13 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
             None loads the one from settings.
         save: write the PNGs (to `out`, or the output folder).
         out: a file path for the first image; further candidates get -2, -3, ... suffixes.
+        detector: the nudity detector of the safety check (`checking.Detector`); None: nudenet's.
 
     Returns:
-        The `EditResult`: full-size images, seeds, the final prompt and its token count, the mood,
-        the mask, saved paths, timings per stage and notices.
+        The `EditResult`: full-size images with their seeds and scores (best score first), the final
+        prompt and its token count, the mood, the mask, saved paths, timings per stage, notices and
+        the safety record. Outputs the safety checker withholds (`BACKDROP_SAFETY_CHECKER=block`) are
+        left out of images, seeds, scores and paths.
 
     Raises:
         ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
@@ -214,33 +249,57 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
     preset = safety.get_preset(request.safety)
+    # Under a deployment minimum the default concept stays; the person may only add to it.
+    concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
     blended = blending.blend(
         components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
         negative_prompt=negative, num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
-        safety=preset, sld_concept=request.sld_concept, scheduler=request.scheduler,
+        safety=preset, sld_concept=concept, scheduler=request.scheduler,
         on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
     timings["diffusion"] = time.perf_counter() - start
 
-    # 5. Back to full size, compositing the decoded images once: the kept region is the original
-    # photo, byte for byte, and the seam is the full-size feathered mask
+    # 5. Back to full size, compositing the decoded images once through the edge (matte, feather
+    # or hard): the solid kept region is the original photo, byte for byte
     start = time.perf_counter()
-    finals = [images.composite(request.image, image, ready.mask) for image in blended.decoded]
+    finals = [compositing.composite(request.image, image, ready.layer) for image in blended.decoded]
     timings["composite"] = time.perf_counter() - start
 
-    result = EditResult(
-        images=finals, seeds=list(blended.seeds), prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative,
-        mask=ready.mask, timings=timings, notices=notices)
+    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
+    start = time.perf_counter()
+    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    scores = [ranking.score_candidate(request.image, image, 1.0 - weight) for image in finals]
+    order = ranking.best_first(scores)
+    timings["ranking"] = time.perf_counter() - start
 
-    # 6. Save, with the parameters that reproduce each image
+    # 7. The post-hoc safety check of every output: note, blur or withhold what it flags
+    start = time.perf_counter()
+    mode = checking.checker_mode(settings)
+    checked = checking.check_outputs([finals[i] for i in order], [blended.seeds[i] for i in order],
+                                     mode, detector)
+    notices += checked.notices
+    timings["check"] = time.perf_counter() - start
+    record = SafetyRecord(
+        preset=safety.PRESET_LABELS[request.safety],
+        warmup=blended.safety.sld_warmup_steps if blended.safety else None,
+        concept=concept, checker=mode, checks=checked.checks)
+    score_of = {blended.seeds[i]: scores[i].total for i in order}
+
+    result = EditResult(
+        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
+        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative, mask=weight,
+        scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
+
+    # 8. Save, with the parameters that reproduce each image and the check it passed
     if save:
         report("save", 0, 0, None)
         start = time.perf_counter()
         effective = blended.safety
-        for image, image_seed in zip(finals, result.seeds):
+        checks = {check.seed: check for check in checked.checks}
+        for image, image_seed in zip(result.images, result.seeds):
             text = format_parameters(request, result, image_seed, working.size, settings.sdxl_model,
-                                     prompt_2, effective)
+                                     prompt_2, effective,
+                                     checking.describe_check(checks.get(image_seed), mode))
             path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
                                      index=len(result.paths))
             if renamed:
@@ -253,7 +312,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 # --- saved outputs ------------------------------------------------------------------------------
 
 def format_parameters(request: EditRequest, result: EditResult, seed: int, size: tuple[int, int],
-                      model: str, prompt_2: str, effective_safety=None) -> str:
+                      model: str, prompt_2: str, effective_safety=None, safety_check: str = "off") -> str:
     """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs."""
     from pipelines.safety import PRESET_LABELS
 
@@ -270,10 +329,13 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Denoising strength": request.strength,
         "Safety": safety,
         "Erased encoder": request.erased or "none",
+        "Safety check": safety_check,
         "Mood": result.mood or "none",
         "Prompt 2": prompt_2,
         "Original size": f"{request.image.width}x{request.image.height}",
         "Backdrop edit": "subject" if request.edit_subject else "background",
+        "Edge": request.edge,
+        "Score": result.scores[result.seeds.index(seed)] if seed in result.seeds and result.scores else "none",
     }
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
     return f"{result.prompt}\nNegative prompt: {result.negative_prompt}\n{tail}"

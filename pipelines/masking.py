@@ -368,8 +368,8 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     try:
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), seeds, None, bgd_model, fgd_model,
                     iterations, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
-        raise ValueError("GrabCut found no background to learn from: click a smaller part of the photo") from None
+    except cv2.error as err:
+        raise ValueError("GrabCut found no background to learn from: click a smaller part of the photo") from err
     subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
     # Keep the connected parts that hold a positive click.

@@ -22,12 +22,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipelines.prompting import default_sld_concept  # noqa: F401 - the concept text lives in prompts/
+from pipelines.prompting import default_sld_concept  # the concept text lives in prompts/
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 PAPER_STEPS = 50  # the step count the paper's warm-up values δ are defined for
+# With a preset on, classifier-free guidance s_g below 1 defeats SLD (SLD eq. 3): at 0 the image is the
+# negative-prompt prediction alone, between 0 and 1 γ is scaled down and the (free-text) negative
+# prompt pulls towards itself. diffusers' safe pipeline switches SLD off there; we refuse the request.
+MIN_GUIDANCE_WITH_SLD = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,32 @@ def get_preset(level: str) -> SafetyPreset | None:
     if level not in SLD_PRESETS:
         raise ValueError(f"unknown safety level {level!r}: expected one of {', '.join(SLD_PRESETS)}")
     return SLD_PRESETS[level]
+
+
+def resolve_concept(added: str | None, min_safety: str) -> str:
+    """The SLD concept text a request actually uses.
+
+    Outside a deployment minimum (`min_safety` "off") the person's text replaces the paper's default.
+    Under a minimum the default always stays and the person's text can only add to it
+    (default + ", " + added), so typing a harmless concept ("a cat") cannot switch SLD to it. The
+    default comes first, so CLIP's 77-token cut can only ever drop the additions, never the default.
+
+    Args:
+        added: the request's `sld_concept` (None or blank: the default alone).
+        min_safety: the deployment's `Settings.min_safety`.
+
+    Returns:
+        The concept text to encode.
+    """
+    default = default_sld_concept()
+    text = (added or "").strip()
+    if not text:
+        return default
+    if min_safety == "off":
+        return text
+    if text == default or text.startswith(default + ","):  # already the default (+ additions): a pre-filled field
+        return text
+    return f"{default}, {text}"
 
 
 def effective_preset(preset: SafetyPreset, num_inference_steps: int) -> SafetyPreset:

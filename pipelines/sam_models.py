@@ -173,7 +173,9 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
     """The shared `MaskPredictor` for these settings, or None with a notice saying why.
 
     The first call downloads a missing official checkpoint (when allowed) and loads it. A loaded
-    predictor is returned again until the checkpoint file changes. A failure is reported, not kept:
+    predictor is returned again until the checkpoint file changes; what there is to say about it
+    (`predictor.notices`) comes with the call that loaded it, and stays in `sam_status`, rather
+    than with every photo or batch row. A failure is reported, not kept:
     the next call tries again. While one caller downloads, others get None at once with the
     progress in the notice (GrabCut meanwhile); while one loads (seconds), others wait for it.
 
@@ -183,7 +185,7 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
     slot, path, device = _slot(settings)
     predictor = slot.predictor
     if predictor is not None and slot.signature == _signature(path):
-        return predictor, list(predictor.notices)
+        return predictor, []
     if not slot.lock.acquire(blocking=False):
         progress = slot.progress
         if progress is not None:  # someone is downloading: GrabCut meanwhile, do not wait minutes
@@ -192,8 +194,9 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
                           "masks come from GrabCut until then"]
         slot.lock.acquire()  # someone is loading the weights: that takes seconds, wait for it
     try:
-        if slot.predictor is None or slot.signature != _signature(path):
-            _load_into(slot, settings, path, device)
+        if slot.predictor is not None and slot.signature == _signature(path):
+            return slot.predictor, []  # loaded by the caller this one waited for
+        _load_into(slot, settings, path, device)
         if slot.predictor is not None:
             return slot.predictor, list(slot.predictor.notices)
         return None, [slot.failure]
@@ -239,7 +242,8 @@ def sam_status(settings: Settings) -> str:
     path = Path(settings.sam_checkpoint)
     variant = settings.sam_model_type
     if slot.predictor is not None and slot.signature == _signature(path.expanduser().resolve()):
-        return f"SAM {slot.predictor.variant} on {device}"
+        notices = slot.predictor.notices
+        return f"SAM {slot.predictor.variant} on {device}" + (f" ({notices[0]})" if notices else "")
     if slot.progress is not None:
         done, total = slot.progress
         return f"SAM {variant}: downloading {path.name} ({downloads.format_progress(done, total)})"

@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 SAFETY_LEVELS = ("off", "weak", "medium", "strong", "max")
+SAFETY_CHECKER_MODES = ("off", "note", "blur", "block")  # what the post-hoc check does with a flagged output
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 # The official file name of each SAM variant; the suffix is the start of the file's SHA-256.
 SAM_CHECKPOINT_NAMES = {
@@ -103,6 +104,10 @@ class Settings:
     min_safety: str = _setting(
         "off", "BACKDROP_MIN_SAFETY", "--min-safety",
         "lowest safety level the page allows (for deployments)", SAFETY_LEVELS)
+    safety_checker: str = _setting(
+        "note", "BACKDROP_SAFETY_CHECKER", "--safety-checker",
+        "post-hoc nudity check of every output (optional nudenet): off, note, blur or block a flagged one; "
+        "not off under a minimum safety", SAFETY_CHECKER_MODES)
     host: str = _setting(
         "127.0.0.1", "BACKDROP_HOST", "--host", "address the page listens on (--listen: 0.0.0.0)")
     port: int = _setting(7860, "BACKDROP_PORT", "--port", "port the page listens on")
@@ -110,6 +115,10 @@ class Settings:
         50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB")
     queue_size: int = _setting(
         16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused")
+    # --- many GPUs ----------------------------------------------------------------------------
+    ray_address: str | None = _setting(
+        None, "BACKDROP_RAY_ADDRESS", "--ray",
+        "a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto): the page and batch run edits on its workers")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -129,6 +138,10 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.min_safety != "off" and self.safety_checker == "off":
+            # A deployment minimum promises more than guidance: its outputs are checked too.
+            raise ValueError(f"BACKDROP_SAFETY_CHECKER=off is not allowed with BACKDROP_MIN_SAFETY="
+                             f"{self.min_safety}: choose note, blur or block")
         if self.sam_checkpoint is None:
             object.__setattr__(self, "sam_checkpoint",
                                self.checkpoint_dir / SAM_CHECKPOINT_NAMES[self.sam_model_type])
@@ -184,9 +197,9 @@ def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
             if not text:
                 raise ValueError
             return Path(text).expanduser()
-    except ValueError:
+    except ValueError as err:
         expected = "true or false" if "bool" in kind else "a positive number"
-        raise ValueError(f"{source}={text!r} is not valid: expected {expected}") from None
+        raise ValueError(f"{source}={text!r} is not valid: expected {expected}") from err
     if choices and text not in choices:
         raise ValueError(f"{source}={text!r} is not valid: expected one of {', '.join(choices)}")
     if f.name == "device" and not (text in DEVICES or text.startswith("cuda:")):

@@ -43,7 +43,8 @@ class EditRequest:
     subject: np.ndarray | None = None  # (H, W) bool, the subject as already chosen (the page); skips SAM
     mask_candidate: int | None = None  # which of SAM's three candidates (None: best-scoring)
     grow: int = 0  # grow (>0) or shrink (<0) the subject by this many pixels before repainting
-    feather: int = 4  # soft seam width in pixels for the final composite
+    feather: int = 4  # soft seam width in pixels (feather edge), or extra matting band width (matte edge)
+    edge: str = "matte"  # matte (alpha matting in a band), feather (ramp outside the subject) or hard
     edit_subject: bool = False  # repaint the subject instead of the background
     keyword: str = ""  # the user's background keyword, any language
     mood: str | None = None  # mood keywords; None: ask the vision model
@@ -61,17 +62,40 @@ class EditRequest:
     scheduler: str = "euler"  # euler or dpmpp_2m
 
 
+@dataclass(frozen=True)
+class SafetyCheck:
+    """The post-hoc check of one output (`checking.check_image`)."""
+
+    seed: int  # the output's seed
+    flagged: bool  # the detector found at least one exposed class (`checking.FLAGGED_LABELS`)
+    labels: tuple[str, ...] = ()  # the flagged nudenet classes, sorted, each once
+    action: str = "none"  # what was done: "none", "noted", "blurred" or "withheld"
+
+
+@dataclass
+class SafetyRecord:
+    """What safety an edit ran with: the `safety` object of `--json`."""
+
+    preset: str  # "Off" or the paper's name, e.g. "Hyp-Strong"
+    warmup: int | None  # the effective warm-up δ at this step count; None when SLD is off
+    concept: str | None  # the SLD concept text as encoded; None when SLD is off
+    checker: str  # the checker mode: off, note, blur, block ("unavailable": note without nudenet)
+    checks: list[SafetyCheck] = field(default_factory=list)  # one per output, withheld ones included
+
+
 @dataclass
 class EditResult:
     """What one edit produced."""
 
     images: list[Image.Image]  # full-size composites, one per candidate
-    seeds: list[int]
+    seeds: list[int]  # one per image; images and seeds are ordered best score first
     prompt: str  # the exact prompt SDXL received
     prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77)
     mood: str
     negative_prompt: str
-    mask: np.ndarray  # the full-size repaint mask that was used, float32 (H, W) in [0, 1]
+    mask: np.ndarray  # the new background's weight in the composite, float32 (H, W) in [0, 1]; 0 = photo kept exactly
+    scores: list[float] = field(default_factory=list)  # one per image, ranking.Score.total (0 = as natural as the photo)
     paths: list[Path] = field(default_factory=list)  # saved PNGs, one per image
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notices: list[str] = field(default_factory=list)  # fallbacks, cuts, things the user should know
+    safety: SafetyRecord | None = None  # preset, concept and the check of every output

@@ -25,6 +25,8 @@ from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, 
 from pipelines.settings import Settings  # noqa: E402
 
 register_tiny_sam()  # the test-only SAM variant "tiny", in the registry like vit_h, vit_l, vit_b
+# ... and in the processes the tests start that keep this PYTHONPATH (Ray workers): see tests/site.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS / "site"), os.environ.get("PYTHONPATH")]))
 
 TINY_WORKING_PIXELS = 128 * 128  # latents of 16x16: fast on a CPU
 
@@ -102,6 +104,6 @@ def tiny_env(tiny_settings) -> dict:
         "BACKDROP_WORKING_PIXELS": str(s.working_pixels), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
         # tests/site/sitecustomize.py registers the tiny SAM variant in the started process; the
         # settings keep vit_h, and the checkpoint loads as the variant it is, with a notice.
-        "PYTHONPATH": os.pathsep.join([str(TESTS / "site"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYTHONPATH": env["PYTHONPATH"],  # holds tests/site (above)
     })
     return env

@@ -39,12 +39,24 @@ def test_edit_json_record_and_file(tiny_env, tmp_path, photo_path, fake_ollama):
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["outputs"] == [str(out)] and record["seeds"] == [42]
+    assert record["edge"] == "matte" and len(record["scores"]) == 1
+    assert float(read_parameters(out)["Score"]) == record["scores"][0]
     assert record["prompt"] == "misty pine forest at dawn, soft light, award winning photograph"
     assert record["prompt_tokens"] == 14 and record["mood"] == "Stylish, modern, contemporary"
     assert {"mask", "diffusion"} <= set(record["timings"])
     assert Image.open(out).size == (160, 120)
     assert read_parameters(out)["Safety"].startswith("Hyp-Medium")
     assert "diffusion: step 3/3" in done.stderr  # progress on stderr
+
+
+def test_edge_flag_reaches_the_png_and_bad_edge_is_refused(tiny_env, tmp_path, photo_path):
+    out = tmp_path / "hard.png"
+    done = _run(["edit", str(photo_path), "--point", "80,60", "--prompt", "a beach", "--edge", "hard",
+                 "--steps", "2", "--seed", "3", "--out", str(out), "--json"], tiny_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["edge"] == "hard" and read_parameters(out)["Edge"] == "hard"
+    bad = _run(["edit", str(photo_path), "--point", "80,60", "--prompt", "x", "--edge", "soft"], tiny_env, tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--edge" in bad.stderr
 
 
 def test_existing_out_gets_a_new_name(tiny_env, tmp_path, photo_path):

@@ -21,8 +21,9 @@ def _half_mask(photo) -> np.ndarray:
 
 def test_edit_with_mask_keeps_kept_pixels_and_saves_parameters(tiny_settings, fake_ollama, clip_tokenizers):
     photo = make_photo(170, 130)
+    # The feather edge: its ramp geometry is what this test pins (the matte edge: test_compositing).
     request = EditRequest(image=photo, mask=_half_mask(photo), keyword="forest", safety="strong",
-                          num_inference_steps=4, seed=1234, feather=6)
+                          num_inference_steps=4, seed=1234, feather=6, edge="feather")
     result = run_edit(request, tiny_settings)
 
     out = np.asarray(result.images[0])
@@ -53,6 +54,7 @@ def test_edit_with_mask_keeps_kept_pixels_and_saves_parameters(tiny_settings, fa
     assert params["Size"] == "128x128" and params["Original size"] == "170x130"
     assert params["Safety"].startswith("Hyp-Strong") and params["Erased encoder"] == "none"
     assert params["Mood"] == "Stylish, modern, contemporary"
+    assert params["Edge"] == "feather" and float(params["Score"]) == result.scores[0] <= 0
 
 
 def test_same_seed_same_image_and_candidates_get_their_own_seeds(tiny_settings):
@@ -124,3 +126,31 @@ def test_deployment_minimum_safety_is_enforced(tiny_settings):
     request = EditRequest(image=photo, mask=_half_mask(photo), prompt="x", safety="weak")
     with pytest.raises(ValueError, match="below this deployment's minimum 'medium'"):
         run_edit(request, strict, save=False)
+
+
+def test_candidates_come_best_first_and_each_is_reproduced_from_its_own_seed(tiny_settings):
+    photo = make_photo(160, 120)
+    subject = np.zeros((120, 160), bool)
+    subject[30:100, 50:110] = True
+    request = EditRequest(image=photo, subject=subject, prompt="a galaxy", num_inference_steps=2, seed=40,
+                          num_candidates=3)
+    ranked = run_edit(request, tiny_settings, save=False)
+    assert sorted(ranked.seeds) == [40, 41, 42]
+    assert ranked.scores == sorted(ranked.scores, reverse=True) and len(set(ranked.scores)) == 3
+    assert all(s <= 0 for s in ranked.scores)
+    kept = ranked.mask == 0  # the matte's solid subject: the photo's own pixels
+    assert kept.sum() > 0.5 * subject.sum()
+    for image in ranked.images:
+        assert np.array_equal(np.asarray(image)[kept], np.asarray(photo)[kept])
+
+    second = dataclasses.replace(request, seed=ranked.seeds[1], num_candidates=1)
+    alone = run_edit(second, tiny_settings, save=False)
+    assert alone.seeds == [ranked.seeds[1]] and alone.scores == [ranked.scores[1]]
+    assert alone.images[0].tobytes() == ranked.images[1].tobytes()
+
+
+def test_unknown_edge_is_refused(tiny_settings):
+    photo = make_photo()
+    request = EditRequest(image=photo, mask=_half_mask(photo), prompt="x", edge="soft")
+    with pytest.raises(ValueError, match="unknown edge 'soft' \\(choose matte, feather, hard\\)"):
+        run_edit(request, tiny_settings, save=False)

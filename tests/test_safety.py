@@ -172,3 +172,61 @@ def test_guidance_matches_diffusers_stable_diffusion_safe(level):
             preset.sld_momentum_scale, preset.sld_mom_beta)
         assert torch.allclose((text - uncond) - safety, theirs, atol=1e-6, rtol=0)
         assert torch.allclose(ours_momentum, theirs_momentum, atol=1e-6, rtol=0)
+
+
+# --- what a request can change (issue 12.1, 12.2) ----------------------------------------------
+
+def _request(**change):
+    from conftest import make_photo
+
+    from pipelines.types import EditRequest
+
+    photo = make_photo()
+    mask = np.zeros((photo.height, photo.width), np.float32)
+    mask[:, photo.width // 2:] = 1.0
+    return EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=2, seed=5, **change)
+
+
+@pytest.mark.parametrize("level", ["weak", "medium", "strong", "max"])
+@pytest.mark.parametrize("guidance", [0.0, 0.5, 0.99])
+def test_guidance_below_one_is_refused_with_any_preset_on(level, guidance):
+    from pipelines.editing import validate_request
+    from pipelines.settings import Settings
+
+    with pytest.raises(ValueError, match=rf"with a safety preset on, guidance must be at least 1, got {guidance:g}$") as err:
+        validate_request(_request(safety=level, guidance_scale=guidance), Settings())
+    assert "\n" not in str(err.value)
+    validate_request(_request(safety=level, guidance_scale=1.0), Settings())  # 1 keeps SLD whole (eq. 3)
+    validate_request(_request(safety="off", guidance_scale=guidance), Settings())  # no SLD, nothing to defeat
+
+
+def test_concept_under_a_minimum_keeps_the_default_and_adds():
+    from pipelines.safety import resolve_concept
+
+    default = default_sld_concept()
+    assert resolve_concept("a cat", "medium") == f"{default}, a cat"
+    assert resolve_concept("  a cat ", "weak") == f"{default}, a cat"
+    assert resolve_concept(None, "medium") == resolve_concept("   ", "max") == default
+    assert resolve_concept(default, "strong") == default  # a field pre-filled with the default
+    assert resolve_concept(f"{default}, tattoos", "strong") == f"{default}, tattoos"
+    # A text that merely starts like the default but rewrites its end is an addition, not the default.
+    assert resolve_concept(default[:-7] + "kindness", "medium") == f"{default}, {default[:-7]}kindness"
+    # Outside a deployment minimum the person's text replaces the default.
+    assert resolve_concept("a cat", "off") == "a cat" and resolve_concept(None, "off") == default
+
+
+def test_a_deployment_minimum_cannot_swap_the_concept_for_a_harmless_one(tiny_settings):
+    import dataclasses
+
+    from pipelines.editing import run_edit
+
+    strict = dataclasses.replace(tiny_settings, min_safety="medium")
+    default = default_sld_concept()
+    swapped = run_edit(_request(safety="medium", sld_concept="a cat"), strict, save=False)
+    assert swapped.safety.concept == f"{default}, a cat"
+    # The images say what SLD really steered away from: the default plus the addition, not "a cat".
+    added = run_edit(_request(safety="medium", sld_concept=f"{default}, a cat"), tiny_settings, save=False)
+    replaced = run_edit(_request(safety="medium", sld_concept="a cat"), tiny_settings, save=False)
+    assert swapped.images[0].tobytes() == added.images[0].tobytes()
+    assert swapped.images[0].tobytes() != replaced.images[0].tobytes()
+    assert replaced.safety.concept == "a cat"
