@@ -1,4 +1,4 @@
-"""The command line: `python -m pipelines edit | batch | presets | erase`.
+"""The command line: `python -m pipelines edit | batch | presets | erase | download`.
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
@@ -7,6 +7,7 @@
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
+    python -m pipelines download all     # SDXL and SAM now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
@@ -144,10 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--model", help="diffusers folder or model id to erase from (default for sdxl: the "
                                        "SDXL model setting; required for sd14)")
     add_arguments(erase)
+
+    from pipelines.downloads import add_download_arguments
+
+    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM), to run offline later")
+    add_download_arguments(download)
+    add_arguments(download)
     return parser
 
 
 def _progress(stage: str, i: int, n: int, preview) -> None:
+    if stage == "download":
+        return  # pipelines.downloads draws its own bar, with bytes and speed
     if n:
         end = "\n" if i == n else "\r"
         sys.stderr.write(f"{stage}: step {i}/{n}{end}")
@@ -177,8 +186,10 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({
             "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "background": result.background, "canvas": result.canvas, "prompt": result.prompt,
-            "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
+            "edge": args.edge, "background": result.background, "canvas": result.canvas,
+            "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+            "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens,
+            "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
@@ -187,6 +198,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{path}  (background {result.background})")
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
+        print(f"prompt 2 ({result.prompt_2_tokens}/77 tokens): {result.prompt_2}")
         for path, seed, score in zip(result.paths, result.seeds, result.scores):
             print(f"{path}  (seed {seed}, score {score:g})")
     return 0
@@ -277,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(overrides=vars(args))
         if args.command == "erase":
             return cmd_erase(args, settings)
+        if args.command == "download":
+            from pipelines.downloads import run_download
+
+            return run_download(args, settings)
         if args.command == "batch":
             return cmd_batch(args, settings)
         return cmd_edit(args, settings)

@@ -50,6 +50,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from pipelines import images
 from pipelines.acceleration import SpeedOptions, apply_speed, plan_speed, vae_dtype
+from pipelines.prompting.weights import Fragment, parse_weights
 from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
 from pipelines.settings import SCHEDULERS, Settings  # SCHEDULERS: ("euler", "dpmpp_2m")
 
@@ -151,9 +152,13 @@ def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
 
 def load_sdxl_from_settings(settings: Settings) -> SDXLComponents:
-    """`load_sdxl` with the model, device, dtype, offload, tiling and speed options from the settings."""
+    """`load_sdxl` with the model (its local copy, `downloads.sdxl_folder`), device, dtype, offload,
+    tiling and speed options from the settings."""
+    from pipelines.downloads import sdxl_folder
+
     device = settings.resolve_device()
-    return load_sdxl(settings.sdxl_model, device, settings.resolve_dtype(device),
+    folder = sdxl_folder(settings)  # the local copy: load_sdxl never asks the hub itself
+    return load_sdxl(str(folder), device, settings.resolve_dtype(device),
                      cpu_offload=settings.cpu_offload, vae_tiling=settings.vae_tiling,
                      speed=SpeedOptions.from_settings(settings))
 
@@ -169,17 +174,22 @@ def sdxl_status(settings: Settings) -> str:
 
 def _load_uncached(model: str, device: str, dtype: torch.dtype, cpu_offload: bool,
                    vae_tiling: bool, speed: SpeedOptions) -> SDXLComponents:
+    from pipelines.downloads import weights_variant
+
+    variant = weights_variant(model)  # "fp16" for a folder that `download sdxl` fetched
     try:
         index = DiffusionPipeline.load_config(model)
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, variant=variant)
         # SDXL's VAE overflows in float16 (diffusers' `force_upcast`): then it stays float32 (or
         # bfloat16, which has float32's range) and latents are cast on the way in and out.
         vae_upcast = bool(dtype == torch.float16
                           and AutoencoderKL.load_config(model, subfolder="vae").get("force_upcast"))
         plan = plan_speed(speed, device, vae_upcast, cpu_offload)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype(plan, dtype, vae_upcast))
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype(plan, dtype, vae_upcast),
+                                            variant=variant)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, variant=variant)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype,
+                                                                     variant=variant)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
         scheduler_config = dict(EulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
@@ -239,6 +249,11 @@ def encode_prompt(components: SDXLComponents, prompt: str,
                   prompt_2: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode a text with both SDXL text encoders, as diffusers' `StableDiffusionXLPipeline.encode_prompt`.
 
+    Weight marks (`realistic photography+++`, see `pipelines.prompting.weights`) never reach a
+    tokenizer: each encoder reads the text without them, and compel scales the hidden states of the
+    weighted tokens (`empty + (h - empty) * weight`). The pooled vector is the plain text's, as
+    compel leaves it too. A text without marks is encoded exactly as diffusers does.
+
     Args:
         prompt: text for the first encoder (CLIP ViT-L), cut at 77 tokens.
         prompt_2: text for the second encoder (OpenCLIP bigG); None: `prompt`.
@@ -252,11 +267,17 @@ def encode_prompt(components: SDXLComponents, prompt: str,
                 (prompt_2 or prompt, components.tokenizer_2, components.text_encoder_2))
     hidden_states, pooled = [], None
     for text, tokenizer, text_encoder in encoders:
-        input_ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length,
+        fragments = parse_weights(text)
+        plain = "".join(fragment.text for fragment in fragments)
+        input_ids = tokenizer(plain, padding="max_length", max_length=tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
         with _on_device(components, text_encoder):
-            output = text_encoder(input_ids.to(_module_device(text_encoder)), output_hidden_states=True)
-        hidden_states.append(output.hidden_states[-2].to(components.device))  # SDXL uses the penultimate layer
+            device = _module_device(text_encoder)
+            output = text_encoder(input_ids.to(device), output_hidden_states=True)
+            hidden = output.hidden_states[-2]  # SDXL uses the penultimate layer
+            if any(fragment.plus for fragment in fragments):
+                hidden = _weighted_hidden_states(fragments, tokenizer, text_encoder, device)
+        hidden_states.append(hidden.to(components.device))
         pooled = getattr(output, "text_embeds", None)  # only the second encoder has a projection
     prompt_embeds = torch.cat(hidden_states, dim=-1).to(components.dtype)
     return prompt_embeds, pooled.to(device=components.device, dtype=components.dtype)
@@ -273,6 +294,23 @@ def encode_sld_concept(components: SDXLComponents, concept: str) -> tuple[torch.
         components = replace(components, text_encoder=components.original_text_encoder,
                              text_encoder_2=components.original_text_encoder_2)
     return encode_prompt(components, concept)
+
+
+def _weighted_hidden_states(fragments: list[Fragment], tokenizer, text_encoder,
+                            device: torch.device) -> torch.Tensor:
+    """Penultimate hidden states (1, 77, C) with each fragment's tokens weighted, by compel.
+
+    compel's `EmbeddingsProvider` gets the fragments already parsed (its own parser reads a
+    different syntax, and its `Compel` class would tokenize the raw text, marks included, for
+    the pooled vector); one provider per encoder, as compel's `CompelForSDXL` does.
+    """
+    from compel import EmbeddingsProvider, ReturnedEmbeddingsType
+
+    provider = EmbeddingsProvider(
+        tokenizer, text_encoder, truncate=True, device=device,
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED)
+    return provider.get_embeddings_for_weighted_prompt_fragments(
+        [[fragment.text for fragment in fragments]], [[fragment.weight for fragment in fragments]], device=device)
 
 
 def encode_image(components: SDXLComponents, image: Image.Image) -> torch.Tensor:

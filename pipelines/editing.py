@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import backgrounds, canvas, checking, compositing, images, masking, prompting, ranking
+from pipelines import (backgrounds, canvas, checking, compositing, downloads, images, masking, prompting, ranking,
+                       sam_models)
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
@@ -35,8 +36,9 @@ from pipelines.types import EditRequest, EditResult, SafetyRecord
 if TYPE_CHECKING:
     from pipelines.fast import FastPreset
 
-# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
-# i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
+# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
+# or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
+# preview is a small image during diffusion.
 ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
@@ -74,7 +76,8 @@ class Painted:
     images: list[Image.Image]  # canvas-size composites (RGBA for transparent)
     seeds: list[int]
     size: tuple[int, int]  # the size diffusion worked at (the canvas for a plain background)
-    prompt_2: str = ""
+    prompt_2: str = ""  # what the second encoder received (prompting.second_prompt)
+    prompt_2_tokens: int = 0
     negative_prompt: str = ""
     concept: str | None = None  # the SLD concept as encoded; None without SLD
     safety: SafetyPreset | None = None  # SLD as it ran (the effective warm-up); None without SLD
@@ -170,7 +173,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         subject = request.subject.astype(bool)
     else:
         if predictor is None:
-            predictor, notices = masking.get_predictor(settings)
+            predictor, notices = sam_models.get_predictor(settings)
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]
@@ -213,7 +216,8 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
     if plan.background.plain:
         return Prepared(photo=photo, mask=mask, layer=layer, mood="", prompt=None, notices=notices)
 
-    tokenizers = prompting.load_tokenizers(settings.sdxl_model)
+    # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
+    tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
     client = None
     mood = (request.mood or "").strip()
     if request.prompt is None and request.mood is None:
@@ -324,7 +328,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     frame = plan.frame
     result = EditResult(
         images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt if ready.prompt else "",
-        prompt_tokens=ready.prompt.tokens if ready.prompt else 0, mood=ready.mood,
+        prompt_tokens=ready.prompt.tokens if ready.prompt else 0, prompt_2=painted.prompt_2,
+        prompt_2_tokens=painted.prompt_2_tokens, mood=ready.mood,
         negative_prompt=painted.negative_prompt, mask=weight,
         scores=[score_of[s] for s in checked.seeds if s in score_of], timings=timings, notices=notices,
         safety=record, background=plan.background.describe(),
@@ -371,7 +376,8 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     from pipelines.erasure import with_erased_encoders
     from pipelines.fast import use_fast
 
-    # 3. Load SDXL (cached) and swap in erased text encoders if asked
+    # 3. Fetch SDXL if it is not here yet (bytes as progress), load it (cached), swap in erased encoders
+    downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
@@ -386,7 +392,10 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     working = images.to_working(ready.photo, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
-    prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
+    quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    second = prompting.second_prompt(ready.prompt.prompt, quality, (components.tokenizer, components.tokenizer_2))
+    prompt_2 = second.prompt
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
@@ -404,7 +413,8 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     finals = [compositing.composite(ready.photo, image, ready.layer) for image in blended.decoded]
     timings["composite"] = time.perf_counter() - start
     return Painted(images=finals, seeds=list(blended.seeds), size=working.size, prompt_2=prompt_2,
-                   negative_prompt=negative, concept=concept, safety=blended.safety)
+                   prompt_2_tokens=second.tokens, negative_prompt=negative, concept=concept,
+                   safety=blended.safety)
 
 
 # --- saved outputs ------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class EditRequest:
     keyword: str = ""  # the user's background keyword, any language
     mood: str | None = None  # mood keywords; None: ask the vision model
     prompt: str | None = None  # the SDXL prompt; None: ask the text model
-    prompt_2: str | None = None  # second-encoder prompt (quality words); None: the default text
+    prompt_2: str | None = None  # quality words the second encoder reads after the scene; None: the default
     negative_prompt: str | None = None  # None: the default negative prompt
     safety: str = "off"  # off, weak, medium, strong, max (SLD presets)
     sld_concept: str | None = None  # unsafe-concept text for SLD; None: the paper's default
@@ -95,6 +95,8 @@ class EditResult:
     seeds: list[int]  # one per image; images and seeds are ordered best score first
     prompt: str  # the exact prompt SDXL received ("" for a plain background)
     prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77; 0 for a plain background)
+    prompt_2: str  # what the second encoder received: the prompt, then the quality words that fit ("" when plain)
+    prompt_2_tokens: int  # its token count as tokenizer_2 reads it (weight marks left out, <= 77; 0 when plain)
     mood: str
     negative_prompt: str
     mask: np.ndarray  # the new background's weight in the composite, float32 (H, W) in [0, 1]; 0 = photo kept exactly
