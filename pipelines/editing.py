@@ -6,7 +6,8 @@ This module only chains the stages; each stage lives in its own module:
           ─► blending (SDXL + SLD + erased encoders, working size) ─► compositing (edge mode, full size)
           ─► ranking (best first) ─► saved PNGs with their parameters
 
-The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
+The page (`app.py`), the command line (`python -m pipelines edit`) and the API for programs
+(`pipelines/api.py`) all call `run_edit`; the last two describe its result with `result_record`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -304,6 +305,28 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
             result.paths.append(path)
         timings["save"] = time.perf_counter() - start
     return result
+
+
+# --- the record programs read -------------------------------------------------------------------
+
+def result_record(result: EditResult, request: EditRequest) -> dict:
+    """The edit as one JSON-ready record: `python -m pipelines edit --json` prints it, `/edit` returns it.
+
+    Keys: outputs (saved paths, best first), seeds, scores, edge, prompt, prompt_tokens, mood,
+    notices, timings (seconds per stage, rounded to ms) and safety (preset, effective warm-up δ,
+    the concept as used, and the check of every output, withheld ones included).
+    """
+    record = result.safety
+    return {
+        "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+        "edge": request.edge, "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+        "mood": result.mood, "notices": result.notices,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "safety": {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
+                   "checker": record.checker,
+                   "checks": [{**asdict(check), "labels": list(check.labels)}
+                              for check in record.checks]},
+    }
 
 
 # --- saved outputs ------------------------------------------------------------------------------

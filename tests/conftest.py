@@ -55,20 +55,25 @@ def fake_ollama():
     server.stop()
 
 
-@pytest.fixture
-def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> Settings:
-    """Settings that point every stage at the tiny models, the fake Ollama and temp folders."""
+def make_tiny_settings(folder: Path, sdxl_dir: Path, sam_checkpoint: Path, ollama_url: str) -> Settings:
+    """Settings that point every stage at the tiny models, a fake Ollama and folders under `folder`."""
     return Settings(
-        sdxl_model=str(tiny_sdxl_dir),
-        sam_checkpoint=tiny_sam_checkpoint,
+        sdxl_model=str(sdxl_dir),
+        sam_checkpoint=sam_checkpoint,
         sam_auto_download=False,
-        checkpoint_dir=tmp_path / "checkpoints",
-        output_dir=tmp_path / "outputs",
-        ollama_host=fake_ollama.url,
+        checkpoint_dir=folder / "checkpoints",
+        output_dir=folder / "outputs",
+        ollama_host=ollama_url,
         ollama_timeout=10.0,
         device="cpu",
         working_pixels=TINY_WORKING_PIXELS,
     )
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> Settings:
+    """Settings that point every stage at the tiny models, the fake Ollama and temp folders."""
+    return make_tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama.url)
 
 
 def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 60, 40)) -> "Image.Image":
@@ -86,10 +91,8 @@ def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 6
     return Image.fromarray(background.astype(np.uint8), "RGB")
 
 
-@pytest.fixture
-def tiny_env(tiny_settings) -> dict:
-    """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
-    s = tiny_settings
+def app_env(s: Settings) -> dict:
+    """Environment variables that point `python app.py` / `python -m pipelines` at `s`'s models."""
     env = dict(os.environ)
     env.update({
         "BACKDROP_SDXL_MODEL": s.sdxl_model, "BACKDROP_SAM_CHECKPOINT": str(s.sam_checkpoint),
@@ -99,3 +102,9 @@ def tiny_env(tiny_settings) -> dict:
         "BACKDROP_WORKING_PIXELS": str(s.working_pixels), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+@pytest.fixture
+def tiny_env(tiny_settings) -> dict:
+    """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
+    return app_env(tiny_settings)
