@@ -370,11 +370,9 @@ def _served(path: str) -> dict:
     return gr.FileData(path=path).model_dump()
 
 
-def _api_error(exc: BaseException) -> gr.Error:
-    """The one-line error a client sees, like the page's and the command line's."""
-    from pipelines.blending import Cancelled
-
-    return gr.Error("cancelled" if isinstance(exc, Cancelled) else _one_line(exc))
+# What a client sees as a one-line error, like the page's and the command line's: bad input
+# (ValueError), or a stage that could not run (GpuOutOfMemory is a RuntimeError).
+API_FAILURES = (ValueError, RuntimeError, OSError)
 
 
 def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None:
@@ -386,9 +384,6 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
     reach the caller through Gradio's cache (`publish`), never from the output folder.
     """
     from pipelines import api
-    from pipelines.blending import Cancelled, GpuOutOfMemory
-
-    failures = (ValueError, Cancelled, GpuOutOfMemory, RuntimeError, OSError)
 
     def edit(photo: gr.FileData, points: str = "", mask: gr.FileData | None = None, keyword: str = "",
              mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
@@ -423,14 +418,18 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
             prompt_tokens, mood, notices, timings, safety
         """
+        from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
+
         try:
             result, record = api.edit(
                 studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
                 negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
                 strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
                 edit_subject=edit_subject, session=request.session_hash if request else "api")
-        except failures as exc:
-            raise _api_error(exc) from exc
+        except Cancelled as exc:
+            raise gr.Error("cancelled") from exc
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
         return [_served(publish(str(path))) for path in result.paths], record
 
     def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
@@ -449,8 +448,8 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         """
         try:
             image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
-        except failures as exc:
-            raise _api_error(exc) from exc
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
         return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
 
     def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
@@ -468,8 +467,8 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         """
         try:
             return api.prompt(studio, keyword=keyword, mood=mood, photo=_file(photo))
-        except failures as exc:
-            raise _api_error(exc) from exc
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
 
     with demo:
         gr.api(edit, api_name="edit", concurrency_id="gpu", concurrency_limit=1)
@@ -509,6 +508,10 @@ def main(argv: list[str] | None = None) -> None:
             auth = (user, password)
         if args.mcp and importlib.util.find_spec("mcp") is None:
             raise ValueError("--mcp needs the MCP extra: pip install -r requirements-mcp.txt")
+        if args.mcp and auth:
+            # Gradio 6's MCP server does not ask for the login: it lists the tools to anyone, and its
+            # calls are refused. Serve MCP on a trusted network only, or use the API with auth.
+            raise ValueError("--mcp cannot be combined with --auth (Gradio's MCP server has no login)")
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     demo = build_demo(settings)

@@ -45,12 +45,22 @@ def tiny_sam_checkpoint(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("models") / "sam_tiny.pth")
 
 
+LLAVA_MOOD = "Stylish, modern, contemporary"  # what the fake llava answers
+LLAMA_PROMPT = "misty pine forest at dawn, soft light, award winning photograph"  # and the fake llama2
+
+
+def start_fake_ollama() -> FakeOllama:
+    """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
+    server = FakeOllama().start()
+    server.script("llava", text=LLAVA_MOOD)
+    server.script("llama2", text=LLAMA_PROMPT)
+    return server
+
+
 @pytest.fixture
 def fake_ollama():
     """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
-    server = FakeOllama().start()
-    server.script("llava", text="Stylish, modern, contemporary")
-    server.script("llama2", text="misty pine forest at dawn, soft light, award winning photograph")
+    server = start_fake_ollama()
     yield server
     server.stop()
 
