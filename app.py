@@ -71,6 +71,7 @@ class Page:
     candidates: gr.Slider
     negative: gr.Textbox
     quality: gr.Textbox
+    prompt_2: gr.Textbox  # read-only: what the second text encoder read in the last edit
     scheduler: gr.Dropdown
     notices: gr.Markdown
     gallery: gr.Gallery
@@ -149,6 +150,8 @@ def build_layout(settings: Settings) -> Page:
                     w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates")
                     w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2)
                     w["quality"] = gr.Textbox(quality_words(), label="Quality words", lines=2)
+                    w["prompt_2"] = gr.Textbox(label="Prompt 2 as used (the prompt, then the quality words that fit)",
+                                               interactive=False, lines=2, elem_id="prompt-2")
                     w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
         w["notices"] = gr.Markdown(elem_id="notices")
         with gr.Row():
@@ -255,7 +258,7 @@ class Handlers:
         return f"{self.studio.count_tokens(prompt or '')} / {MAX_TOKENS} tokens"
 
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
-        """-> gallery, before_after, files, prompt, seed, notices, mood, results."""
+        """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
         from pipelines.blending import Cancelled, GpuOutOfMemory
 
         if state.key is None:
@@ -274,13 +277,13 @@ class Handlers:
             result = self.studio.edit(request, session, on_progress)
         except Cancelled:
             gr.Warning("Cancelled.")
-            return (gr.skip(),) * 8
+            return (gr.skip(),) * 9
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
             raise gr.Error(_one_line(exc)) from exc
         served = [self.publish(str(p)) for p in result.paths]
         gallery = [(p, f"seed {s}") for p, s in zip(served, result.seeds)]
         return (gallery, (image, result.images[0]), served, result.prompt, result.seeds[0],
-                notices_markdown(result.notices), result.mood or gr.skip(), served)
+                notices_markdown(result.notices), result.mood or gr.skip(), served, result.prompt_2)
 
     def select_result(self, state: PageState, results: list[str], evt: gr.SelectData):
         """-> before_after for the picked result."""
@@ -350,7 +353,8 @@ def wire(page: Page, on: Handlers) -> None:
             return on.generate(values[p.state], typed, request.session_hash, progress)
 
         p.generate.click(on_generate, {p.state, *form.values()},
-                         [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results],
+                         [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results,
+                          p.prompt_2],
                          concurrency_id="gpu", concurrency_limit=1, api_visibility=PAGE_ONLY)
         p.cancel.click(on.cancel, None, None, queue=False, api_visibility=PAGE_ONLY)
         p.gallery.select(on.select_result, [p.state, p.results], [p.before_after], api_visibility=PAGE_ONLY)
@@ -416,7 +420,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         Returns:
             the edited images as PNG files, best first
             the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
-            prompt_tokens, mood, notices, timings, safety
+            prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
         """
         from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
 

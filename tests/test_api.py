@@ -20,8 +20,8 @@ from pipelines.prompting import count_tokens
 
 USER = ("ada", "lovelace-1843")
 # The keys of `python -m pipelines edit --json` (tests/test_cli.py reads the same record).
-RECORD_KEYS = {"outputs", "seeds", "scores", "edge", "prompt", "prompt_tokens", "mood", "notices", "timings",
-               "safety"}
+RECORD_KEYS = {"outputs", "seeds", "scores", "edge", "prompt", "prompt_tokens", "prompt_2", "prompt_2_tokens", "mood",
+               "notices", "timings", "safety"}
 NOT_AN_IMAGE = "the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)"
 
 
@@ -169,6 +169,9 @@ def test_mcp_lists_the_tools_and_edits(apps, photo):
                 return tools, done
 
     tools, done = asyncio.run(session())
+    # The README's other transport for stdio-only clients (mcp-remote): SSE beside streamable HTTP.
+    with httpx.stream("GET", f"{apps['open'].url}/gradio_api/mcp/sse", timeout=30) as sse:
+        assert sse.status_code == 200 and sse.headers["content-type"].startswith("text/event-stream")
     assert set(tools) == {"edit", "mask", "prompt"}
     edit = tools["edit"]
     assert edit.inputSchema["required"] == ["photo"]
