@@ -156,10 +156,10 @@ def test_auth_and_the_deployment_minimum(apps, photo):
 
 def test_mcp_lists_the_tools_and_edits(apps, photo):
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
     async def session():
-        async with streamablehttp_client(f"{apps['open'].url}/gradio_api/mcp/") as (read, write, _):
+        async with streamable_http_client(f"{apps['open'].url}/gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as mcp:
                 await mcp.initialize()
                 tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
