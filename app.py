@@ -32,7 +32,7 @@ from pipelines.page import (GenerateForm, PageState, candidate_choices, notices_
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
-          "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
+          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -260,6 +260,7 @@ class Handlers:
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
         """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
         from pipelines.blending import Cancelled, GpuOutOfMemory
+        from pipelines.downloads import format_progress
 
         if state.key is None:
             raise gr.Error("upload a photo first")
@@ -271,6 +272,9 @@ class Handlers:
         request = form.to_request(state, image, photo_mood)
 
         def on_progress(stage, i, n, preview_image):
+            if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
+                progress((i, n) if n else None, desc=f"{STAGES[stage]} {format_progress(i, n)}")
+                return
             progress((i, n) if n else None, desc=f"{STAGES[stage]}: step {i}/{n}" if n else STAGES[stage])
 
         try:
