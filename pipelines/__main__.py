@@ -166,7 +166,7 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.editing import run_edit
+    from pipelines.editing import result_record, run_edit
     from pipelines.images import load_image, load_mask
     from pipelines.types import EditRequest
 
@@ -184,15 +184,7 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     for notice in result.notices:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
-        print(json.dumps({
-            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "background": result.background, "canvas": result.canvas,
-            "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
-            "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens,
-            "mood": result.mood, "notices": result.notices,
-            "timings": {k: round(v, 3) for k, v in result.timings.items()},
-            "safety": _safety_json(result.safety),
-        }, ensure_ascii=False))
+        print(json.dumps(result_record(result, request), ensure_ascii=False))
     elif result.background != "generate":
         for path in result.paths:
             print(f"{path}  (background {result.background})")
@@ -224,16 +216,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"records in {args.out / 'results.jsonl'}")
     return 1 if counts["failed"] else 0
-
-
-def _safety_json(record) -> dict:
-    """The `safety` object of `edit --json`: preset, effective warm-up δ, concept as used, and the
-    check of every output (withheld ones included)."""
-    import dataclasses
-
-    return {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
-            "checker": record.checker,
-            "checks": [{**dataclasses.asdict(check), "labels": list(check.labels)} for check in record.checks]}
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ This module only chains the stages; each stage lives in its own module:
 A plain background (transparent, a colour, a picture, the photo blurred: `backgrounds`) takes a
 short cut after the canvas: no prompt, no model, one image through the same composite.
 
-The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
+The page (`app.py`), the command line (`python -m pipelines edit`) and the API for programs
+(`pipelines/api.py`) all call `run_edit`; the last two describe its result with `result_record`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -415,6 +416,29 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     return Painted(images=finals, seeds=list(blended.seeds), size=working.size, prompt_2=prompt_2,
                    prompt_2_tokens=second.tokens, negative_prompt=negative, concept=concept,
                    safety=blended.safety)
+
+
+# --- the record programs read -------------------------------------------------------------------
+
+def result_record(result: EditResult, request: EditRequest) -> dict:
+    """The edit as one JSON-ready record: `python -m pipelines edit --json` prints it, `/edit` returns it.
+
+    Keys: outputs (saved paths, best first), seeds, scores, edge, background, canvas, prompt, prompt_tokens, prompt_2
+    (the second encoder's text, as used), prompt_2_tokens, mood, notices, timings (seconds per stage, rounded to ms) and safety (preset, effective warm-up δ,
+    the concept as used, and the check of every output, withheld ones included).
+    """
+    record = result.safety
+    return {
+        "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+        "edge": request.edge, "background": result.background, "canvas": result.canvas,
+        "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+        "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens, "mood": result.mood, "notices": result.notices,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "safety": {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
+                   "checker": record.checker,
+                   "checks": [{**asdict(check), "labels": list(check.labels)}
+                              for check in record.checks]},
+    }
 
 
 # --- saved outputs ------------------------------------------------------------------------------
