@@ -38,16 +38,18 @@ MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black
 
 # The brush: a drag on the photo (while a brush is picked) is drawn on a canvas over it and, on
 # release, sent as JSON to the hidden #stroke box; the click that ends a drag does not reach SAM.
-# Coordinates are the preview's own pixels, as Gradio's select event gives them (object-fit: contain).
+# Coordinates are the preview's own pixels, as Gradio's select event gives them (the img is centred,
+# object-fit contain or scale-down).
 BRUSH_JS = """() => {
   const brush = () => { const c = document.querySelector('#brush input:checked'); return c && c.value !== 'off' ? c.value : null; };
   const photo = (e) => { const i = e.target; return i instanceof HTMLImageElement && i.closest('#photo') ? i : null; };
   const toImage = (img, e) => {
-    const r = img.getBoundingClientRect(), s = Math.max(img.naturalWidth / r.width, img.naturalHeight / r.height);
+    const r = img.getBoundingClientRect(), fit = Math.max(img.naturalWidth / r.width, img.naturalHeight / r.height);
+    const s = getComputedStyle(img).objectFit === 'scale-down' ? Math.max(1, fit) : fit;  // natural px per CSS px
     const ox = (r.width - img.naturalWidth / s) / 2, oy = (r.height - img.naturalHeight / s) / 2;
     return [(e.clientX - r.left - ox) * s, (e.clientY - r.top - oy) * s, s];
   };
-  let stroke = null, canvas = null;
+  let stroke = null, canvas = null, count = 0;
   const drop = () => { if (canvas) { canvas.remove(); canvas = null; } };
   window.addEventListener('pointerdown', (e) => {
     const img = photo(e), kind = brush();
@@ -76,8 +78,9 @@ BRUSH_JS = """() => {
   window.addEventListener('pointerup', (e) => {
     if (!stroke) return;
     const box = document.querySelector('#stroke textarea');
-    box.value = JSON.stringify({brush: stroke.brush, size: stroke.size, points: stroke.points.map((p) => p.map(Math.round))});
-    box.dispatchEvent(new Event('input', {bubbles: true}));
+    box.value = JSON.stringify({n: ++count, brush: stroke.brush, size: stroke.size,  // n: never the same text twice
+                              points: stroke.points.map((p) => p.map((v) => Math.round(v * 10) / 10))});
+    box.dispatchEvent(new Event('input', {bubbles: true}));  // Gradio then sends a change event
     stroke = null;
   }, true);
   // While a brush is picked, a press on the photo paints: no SAM click, no image drag.
@@ -176,9 +179,12 @@ def build_layout(settings: Settings) -> Page:
                     w["undo"] = gr.Button("Undo last point", size="sm")
                     w["clear"] = gr.Button("Clear points", size="sm")
                 with gr.Row():
+                    # interactive=True: no event reads them (the brush script does), and Gradio
+                    # renders an input that no event reads as read-only.
                     w["brush"] = gr.Radio(["off", *BRUSHES], value="off", label="Brush (drag on the photo)",
-                                          elem_id="brush")
-                    w["brush_size"] = gr.Slider(2, 200, value=24, step=1, label="Brush size", elem_id="brush-size")
+                                          elem_id="brush", interactive=True)
+                    w["brush_size"] = gr.Slider(2, 200, value=24, step=1, label="Brush size", elem_id="brush-size",
+                                                interactive=True)
                     w["undo_stroke"] = gr.Button("Undo stroke", size="sm", elem_id="undo-stroke")
                     w["clear_strokes"] = gr.Button("Clear strokes", size="sm")
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
@@ -481,7 +487,7 @@ def wire(page: Page, on: Handlers) -> None:
         p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo])
         p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo])
         brushed = [p.state, p.candidate, p.grow]
-        p.stroke.input(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo])
+        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo])
         p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo])
         p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo])
         masked = ([p.state, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate])

@@ -52,7 +52,8 @@ class Stroke:
     @classmethod
     def from_page(cls, text: str, scale: float) -> Stroke:
         """A stroke as the page's brush sends it: JSON `{"brush": ..., "size": ..., "points": [[x, y], ...]}`
-        with the size and points in display pixels; `scale` = photo width / display width.
+        with the size in display pixels and the points in display coordinates (0 at the left / top
+        edge, so pixel i spans i..i+1); `scale` = photo width / display width.
 
         Raises:
             ValueError: not such a stroke (one line).
@@ -60,7 +61,8 @@ class Stroke:
         try:
             data = json.loads(text)
             brush, size = data["brush"], float(data["size"])
-            points = tuple((float(x) * scale, float(y) * scale) for x, y in data["points"])
+            # To pixel centres, as Pillow draws: photo pixel i spans i - 0.5 .. i + 0.5.
+            points = tuple((float(x) * scale - 0.5, float(y) * scale - 0.5) for x, y in data["points"])
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError("the brush stroke could not be read") from err
         if brush not in BRUSHES:

@@ -137,7 +137,7 @@ def _brushed_state(photo: Image.Image) -> PageState:
 
 def test_a_stroke_from_the_page_is_mapped_to_the_photo_and_refused_when_unreadable():
     stroke = Stroke.from_page('{"brush": "remove from subject", "size": 10, "points": [[5, 6], [20, 6]]}', 2.0)
-    assert stroke == Stroke(points=((10.0, 12.0), (40.0, 12.0)), width=20.0, add=False)
+    assert stroke == Stroke(points=((9.5, 11.5), (39.5, 11.5)), width=20.0, add=False)
     for text, message in [('{"brush": "erase", "size": 10, "points": [[1, 2]]}', r"^unknown brush 'erase'"),
                           ('{"brush": "add to subject", "size": 0, "points": [[1, 2]]}', "could not be read"),
                           ('{"brush": "add to subject", "size": 5, "points": []}', "could not be read"),
