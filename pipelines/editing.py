@@ -11,6 +11,7 @@ The page (`app.py`) and the command line (`python -m pipelines edit`) both call 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -34,7 +35,8 @@ ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
 MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
-SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
+SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
+                 "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
 @dataclass
@@ -79,6 +81,10 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
     checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
         from pipelines.erasure import list_erased
 
@@ -220,9 +226,17 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     """
     from pipelines import blending, safety
     from pipelines.erasure import with_erased_encoders
+    from pipelines.fast import use_fast
 
-    # 1. Check inputs, pick seeds
+    # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
     validate_request(request, settings)
+    fast_preset = None
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        fast_preset = get_fast_preset(request.fast)
+        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
+                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
     seed = request.seed if request.seed is not None else random.randrange(2**32)
     seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
@@ -236,7 +250,9 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
-    components = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
+    components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
     # 4. Blended latent diffusion at the working size
@@ -244,7 +260,10 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     working = images.to_working(request.image, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
-    prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
+    quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    second = prompting.second_prompt(ready.prompt.prompt, quality, (components.tokenizer, components.tokenizer_2))
+    prompt_2 = second.prompt
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
@@ -284,7 +303,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 
     result = EditResult(
         images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative, mask=weight,
+        prompt_tokens=ready.prompt.tokens, prompt_2=prompt_2, prompt_2_tokens=second.tokens,
+        mood=ready.mood, negative_prompt=negative, mask=weight,
         scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
 
     # 8. Save, with the parameters that reproduce each image and the check it passed
@@ -326,6 +346,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Denoising strength": request.strength,
         "Safety": safety,
         "Erased encoder": request.erased or "none",
+        "Fast": request.fast or "off",
         "Safety check": safety_check,
         "Mood": result.mood or "none",
         "Prompt 2": prompt_2,
