@@ -124,6 +124,7 @@ class Page:
     safety: gr.Slider
     safety_info: gr.Markdown
     erased: gr.Dropdown
+    fast: gr.Dropdown
     generate: gr.Button
     cancel: gr.Button
     concept: gr.Textbox
@@ -163,6 +164,7 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
     from pipelines.compositing import EDGE_MODES
+    from pipelines.fast import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
@@ -220,6 +222,9 @@ def build_layout(settings: Settings) -> Page:
                                         elem_id="safety")
                 w["safety_info"] = gr.Markdown(safety_markdown(min_level), elem_id="safety-info")
                 w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder")
+                w["fast"] = gr.Dropdown([("Off", "off")] + [(p.label, name) for name, p in FAST_PRESETS.items()],
+                                        value="off", label="Fast", elem_id="fast",
+                                        info="a few-step LoRA: sets its own steps, guidance and sampler")
                 with gr.Row():
                     w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
                     w["cancel"] = gr.Button("Cancel")

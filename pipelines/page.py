@@ -172,6 +172,7 @@ class GenerateForm:
     feather: int = 4
     edit: str = "background"  # "background" or "subject": what is repainted
     edge: str = "matte"  # compositing.EDGE_MODES: how the kept subject meets the new background
+    fast: str = "off"  # a few-step LoRA preset (fast.FAST_PRESETS), or "off"
 
     def to_request(self, state: PageState, image: Image.Image, photo_mood: str | None = None) -> EditRequest:
         """The edit this form asks for, on the session's photo with its chosen mask.
@@ -193,7 +194,8 @@ class GenerateForm:
             erased=None if self.erased in (None, "none") else self.erased,
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance),
             strength=float(self.strength), seed=None if self.random_seed else int(self.seed or 0),
-            num_candidates=int(self.candidates), scheduler=self.scheduler)
+            num_candidates=int(self.candidates), scheduler=self.scheduler,
+            fast=None if self.fast in (None, "off") else self.fast)
 
 
 def preview(state: PageState, image_width: int, candidate: int | None = 0, grow: int = 0) -> Image.Image:

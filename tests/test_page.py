@@ -204,7 +204,7 @@ def test_an_uploaded_mask_is_the_subject_until_a_click_and_comes_back_out_as_the
     assert repaint_mask(PageState.for_photo("key", photo), 0, 0, "background") is None
 
 
-def test_edge_captions_and_guidance_follow_the_page():
+def test_edge_fast_captions_and_guidance_follow_the_page():
     photo = make_photo(160, 120)
     state = _brushed_state(photo)
     for edge in ("matte", "feather", "hard"):
@@ -212,6 +212,11 @@ def test_edge_captions_and_guidance_follow_the_page():
         assert request.edge == edge
         validate_request(request, Settings())
     assert GenerateForm().edge == "matte"
+    # The Fast dropdown: "off" sends no preset, a preset's name is sent as it is.
+    assert GenerateForm(keyword="forest").to_request(state, photo).fast is None
+    request = GenerateForm(keyword="forest", fast="lightning-4step").to_request(state, photo)
+    assert request.fast == "lightning-4step"
+    validate_request(request, Settings())
     # Best first with scores; a candidate the safety check withheld has neither image nor caption.
     assert captions([7, 5], [-0.01234, -0.5]) == ["seed 7 · score -0.012", "seed 5 · score -0.500"]
     assert captions([], []) == [] and captions([3], []) == ["seed 3"]
@@ -242,7 +247,7 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
 
     blank = np.zeros((120, 160), np.float32)
     shown = Image.new("RGB", (160, 120))
-    result = EditResult(images=[shown, shown], seeds=[9, 8], prompt="p", prompt_tokens=3, mood="", negative_prompt="",
+    result = EditResult(images=[shown, shown], seeds=[9, 8], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
                         mask=blank, scores=[-0.1, -0.2], paths=["/a.png", "/b.png"])
     studio = Studio(result)
     handlers = app.Handlers(Settings(), studio, publish=lambda path: "served" + path)
@@ -252,10 +257,10 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
     out = handlers.generate(state, form, "s", lambda *a, desc: stages.append(desc))
     assert out[0] == [("served/a.png", "seed 9 · score -0.100"), ("served/b.png", "seed 8 · score -0.200")]
     assert out[4] == 9 and studio.requests[0].edge == "hard" and stages == ["Running on the cluster"]
-    studio.result = EditResult(images=[], seeds=[], prompt="p", prompt_tokens=3, mood="", negative_prompt="",
+    studio.result = EditResult(images=[], seeds=[], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
                                mask=blank, notices=["withheld"])
     out = handlers.generate(state, form, "s", lambda *a, desc: None)
-    assert out[0] == [] and out[1] is None and out[3] == "p" and out[5] == "- withheld"
+    assert out[0] == [] and out[1] is None and out[3] == "p" and out[5] == "- withheld" and out[8] == "p2"
     with pytest.raises(app.gr.Error, match="click the subject"):
         handlers.generate(PageState.for_photo("key", photo), form, "s", lambda *a, desc: None)
 
