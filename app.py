@@ -31,7 +31,8 @@ from pipelines.page import (BRUSHES, GenerateForm, PageState, Stroke, candidate_
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
-          "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving", "remote": "Running on the cluster"}
+          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving",
+          "remote": "Running on the cluster"}
 MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black = keep**, as `--mask` and "
              "inpainting tools read it (grey counts from 50 %). Masks where white is the *subject* (cutouts, "
              "SAM, rembg): tick **Invert**. A click starts over from SAM; *Clear points* brings the mask back.")
@@ -419,6 +420,7 @@ class Handlers:
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
         """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
         from pipelines.blending import Cancelled, GpuOutOfMemory
+        from pipelines.downloads import format_progress
 
         if state.key is None:
             raise gr.Error("upload a photo first")
@@ -430,6 +432,9 @@ class Handlers:
         request = form.to_request(state, image, photo_mood)
 
         def on_progress(stage, i, n, preview_image):
+            if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
+                progress((i, n) if n else None, desc=f"{STAGES[stage]} {format_progress(i, n)}")
+                return
             progress((i, n) if n else None, desc=f"{STAGES[stage]}: step {i}/{n}" if n else STAGES[stage])
 
         try:

@@ -1,4 +1,4 @@
-"""The command line: `python -m pipelines edit | batch | presets | erase`.
+"""The command line: `python -m pipelines edit | batch | presets | erase | download`.
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
@@ -6,6 +6,7 @@
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
+    python -m pipelines download all     # SDXL and SAM now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
@@ -124,10 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--model", help="diffusers folder or model id to erase from (default for sdxl: the "
                                        "SDXL model setting; required for sd14)")
     add_arguments(erase)
+
+    from pipelines.downloads import add_download_arguments
+
+    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM), to run offline later")
+    add_download_arguments(download)
+    add_arguments(download)
     return parser
 
 
 def _progress(stage: str, i: int, n: int, preview) -> None:
+    if stage == "download":
+        return  # pipelines.downloads draws its own bar, with bytes and speed
     if n:
         end = "\n" if i == n else "\r"
         sys.stderr.write(f"{stage}: step {i}/{n}{end}")
@@ -255,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(overrides=vars(args))
         if args.command == "erase":
             return cmd_erase(args, settings)
+        if args.command == "download":
+            from pipelines.downloads import run_download
+
+            return run_download(args, settings)
         if args.command == "batch":
             return cmd_batch(args, settings)
         return cmd_edit(args, settings)

@@ -152,9 +152,13 @@ def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
 
 def load_sdxl_from_settings(settings: Settings) -> SDXLComponents:
-    """`load_sdxl` with the model, device, dtype, offload, tiling and speed options from the settings."""
+    """`load_sdxl` with the model (its local copy, `downloads.sdxl_folder`), device, dtype, offload,
+    tiling and speed options from the settings."""
+    from pipelines.downloads import sdxl_folder
+
     device = settings.resolve_device()
-    return load_sdxl(settings.sdxl_model, device, settings.resolve_dtype(device),
+    folder = sdxl_folder(settings)  # the local copy: load_sdxl never asks the hub itself
+    return load_sdxl(str(folder), device, settings.resolve_dtype(device),
                      cpu_offload=settings.cpu_offload, vae_tiling=settings.vae_tiling,
                      speed=SpeedOptions.from_settings(settings))
 
@@ -170,17 +174,22 @@ def sdxl_status(settings: Settings) -> str:
 
 def _load_uncached(model: str, device: str, dtype: torch.dtype, cpu_offload: bool,
                    vae_tiling: bool, speed: SpeedOptions) -> SDXLComponents:
+    from pipelines.downloads import weights_variant
+
+    variant = weights_variant(model)  # "fp16" for a folder that `download sdxl` fetched
     try:
         index = DiffusionPipeline.load_config(model)
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, variant=variant)
         # SDXL's VAE overflows in float16 (diffusers' `force_upcast`): then it stays float32 (or
         # bfloat16, which has float32's range) and latents are cast on the way in and out.
         vae_upcast = bool(dtype == torch.float16
                           and AutoencoderKL.load_config(model, subfolder="vae").get("force_upcast"))
         plan = plan_speed(speed, device, vae_upcast, cpu_offload)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype(plan, dtype, vae_upcast))
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype(plan, dtype, vae_upcast),
+                                            variant=variant)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, variant=variant)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype,
+                                                                     variant=variant)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
         scheduler_config = dict(EulerDiscreteScheduler.load_config(model, subfolder="scheduler"))

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import checking, compositing, images, masking, prompting, ranking
+from pipelines import checking, compositing, downloads, images, masking, prompting, ranking, sam_models
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
 
-# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
-# i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
+# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
+# or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
+# preview is a small image during diffusion.
 ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
@@ -132,7 +133,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         subject = request.subject.astype(bool)
     else:
         if predictor is None:
-            predictor, notices = masking.get_predictor(settings)
+            predictor, notices = sam_models.get_predictor(settings)
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]
@@ -167,7 +168,8 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
     notices += mask_notices
     timings["mask"] = time.perf_counter() - start
 
-    tokenizers = prompting.load_tokenizers(settings.sdxl_model)
+    # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
+    tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
     client = None
     mood = (request.mood or "").strip()
     if request.prompt is None and request.mood is None:
@@ -246,7 +248,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     ready = prepare(request, settings, on_progress, predictor, timings, seed=seed)
     notices = list(ready.notices)
 
-    # 3. Load SDXL (cached) and swap in erased text encoders if asked
+    # 3. Fetch SDXL if it is not here yet (bytes as progress), load it (cached), swap in erased encoders
+    downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
     report("load", 0, 0, None)
     start = time.perf_counter()
     components = blending.load_sdxl_from_settings(settings)
