@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import checking, compositing, images, masking, prompting, ranking
+from pipelines import checking, compositing, gpu_room, images, masking, prompting, ranking
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
@@ -218,28 +218,36 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     ready = prepare(request, settings, on_progress, predictor, timings, seed=seed)
     notices = list(ready.notices)
 
-    # 3. Load SDXL (cached) and swap in erased text encoders if asked
+    # 3. Make room on the GPU (Ollama's models may hold it), load SDXL (cached) and swap in erased
+    # text encoders if asked
     report("load", 0, 0, None)
     start = time.perf_counter()
+    working = images.to_working(request.image, settings.working_pixels)
+    notices += gpu_room.make_room_for_edit(settings, working.size, sld=request.safety != "off")
     components = blending.load_sdxl_from_settings(settings)
     components = with_erased_encoders(components, request.erased, settings.erased_dir)
     timings["load"] = time.perf_counter() - start
 
     # 4. Blended latent diffusion at the working size
     start = time.perf_counter()
-    working = images.to_working(request.image, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
-    blended = blending.blend(
-        components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
-        negative_prompt=negative, num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
-        safety=preset, sld_concept=concept, scheduler=request.scheduler,
-        on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
+    try:
+        blended = blending.blend(
+            components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
+            negative_prompt=negative, num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
+            safety=preset, sld_concept=concept, scheduler=request.scheduler,
+            on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
+    except blending.GpuOutOfMemory as err:
+        hint = gpu_room.oom_hint(prompting.make_client(settings.ollama_host, settings.ollama_timeout))
+        if not hint:
+            raise
+        raise blending.GpuOutOfMemory(f"{err}. {hint}") from err
     timings["diffusion"] = time.perf_counter() - start
 
     # 5. Back to full size, compositing the decoded images once through the edge (matte, feather

@@ -787,3 +787,35 @@ def pull_model(client, model: str, on_progress: Callable[[str, int, int], None] 
         raise RuntimeError(f"cannot pull {model}: {type(e).__name__}: {e}") from None
     if status != "success":
         raise RuntimeError(f"cannot pull {model}: Ollama stopped at \"{status or 'nothing'}\"")
+
+
+def loaded_models(client) -> dict[str, int]:
+    """The models Ollama holds in memory now (`ollama ps`), each with the bytes it holds on a GPU.
+
+    Returns:
+        {"llava:latest": 4_800_000_000, ...}; 0 for a model Ollama runs on the CPU.
+
+    Raises:
+        OllamaUnavailable: Ollama could not be asked (one line naming the cause and the fix).
+    """
+    timeout = _client_timeout(client)
+    try:
+        listed = _run_with_deadline(lambda cancel: client.ps(), timeout, "Ollama")
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        raise OllamaUnavailable(_explain(e, client, "Ollama", timeout)) from e
+    return {m.model or m.name or "?": int(m.size_vram or 0) for m in listed.models}
+
+
+def unload_models(client, models: Sequence[str]) -> None:
+    """Ask Ollama to unload `models` now: one generate request without a prompt and with
+    `keep_alive: 0` each, which is how Ollama's API says "free this model's memory".
+
+    Raises:
+        OllamaUnavailable: one line naming the model, the cause and the fix.
+    """
+    timeout = _client_timeout(client)
+    for model in models:
+        try:
+            _run_with_deadline(lambda cancel, m=model: client.generate(model=m, keep_alive=0), timeout, model)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            raise OllamaUnavailable(_explain(e, client, model, timeout)) from e

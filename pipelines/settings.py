@@ -35,6 +35,7 @@ SAM_CHECKPOINT_NAMES = {
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SCHEDULERS = ("euler", "dpmpp_2m")
+OLLAMA_UNLOAD_MODES = ("auto", "always", "never")  # when Ollama's models leave the GPU before diffusion
 
 
 def _setting(default: Any, env: str, flag: str, help: str, choices: tuple[str, ...] | None = None):
@@ -76,6 +77,10 @@ class Settings:
     ollama_keep_alive: str = _setting(
         "10m", "BACKDROP_OLLAMA_KEEP_ALIVE", "--ollama-keep-alive",
         "how long Ollama keeps a model loaded after a request")
+    ollama_unload: str = _setting(
+        "auto", "BACKDROP_OLLAMA_UNLOAD", "--ollama-unload",
+        "before diffusion on CUDA, ask Ollama to free the GPU memory its models hold: auto (when SDXL "
+        "would not fit beside them), always or never", OLLAMA_UNLOAD_MODES)
     llm_temperature: float = _setting(
         0.7, "BACKDROP_LLM_TEMPERATURE", "--llm-temperature", "sampling temperature of both LLMs")
     # --- compute ------------------------------------------------------------------------------
