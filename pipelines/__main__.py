@@ -34,7 +34,7 @@ def _point(text: str):
     try:
         return parse_point(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _workers(text: str) -> int:

@@ -33,6 +33,7 @@ ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
+MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
 SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
 
 
@@ -48,7 +49,11 @@ class Prepared:
 
 
 def validate_request(request: EditRequest, settings: Settings) -> None:
-    """Refuse bad requests before any slow work, with one line each."""
+    """Refuse bad requests before any slow work, with one line each.
+
+    The one check of a request's values: the stages `run_edit` calls trust them. What can only be
+    known later (the mood LLaVA reads, what the refined mask leaves to repaint) is checked there.
+    """
     if not request.points and request.mask is None and request.subject is None:
         raise ValueError("give at least one point on the subject, or a mask")
     if not 1 <= request.num_inference_steps <= MAX_STEPS:
@@ -81,11 +86,26 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
         if request.erased not in available:
             raise ValueError(f"unknown erased encoder {request.erased!r} "
                              f"(available: {', '.join(available) or 'none'})")
+    if int(request.num_inference_steps * request.strength) < 1:
+        raise ValueError(f"strength {request.strength} is too low for {request.num_inference_steps} steps: "
+                         "no step would run")
+    if request.feather < 0:
+        raise ValueError(f"feather must be 0 or more, got {request.feather}")
+    if request.mask_candidate is not None and not 0 <= request.mask_candidate < MASK_CANDIDATES:
+        raise ValueError(f"mask candidate must be between 0 and {MASK_CANDIDATES - 1}, "
+                         f"got {request.mask_candidate}")
     width, height = request.image.size
-    if request.mask is not None and request.mask.shape != (height, width):
-        raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
-                         f"but the photo is {width}x{height}")
-    if request.mask is None and request.subject is None:
+    if request.mask is not None:
+        if request.mask.shape != (height, width):
+            raise ValueError(f"the mask is {request.mask.shape[1]}x{request.mask.shape[0]} "
+                             f"but the photo is {width}x{height}")
+        if request.edit_subject:
+            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
+    elif request.subject is not None:
+        if request.subject.shape != (height, width):
+            raise ValueError(f"the subject mask has shape {request.subject.shape} "
+                             f"but the photo is {width}x{height}")
+    else:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
 
@@ -93,29 +113,23 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
 def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
                ) -> tuple[np.ndarray, compositing.Matte | np.ndarray, list[str]]:
     """The full-size repaint mask for a request (a given mask, or SAM or GrabCut from the clicks),
-    and the edge layer the composite uses (a matte, or that mask for the feather and hard edges)."""
+    and the edge layer the composite uses (a matte, or that mask for the feather and hard edges).
+
+    The request has passed `validate_request` (mask and subject sizes, points, candidate range).
+    """
+    notices: list[str] = []
     if request.mask is not None:
         # A given mask marks the region to repaint; the rest is kept exactly. Refining it with
         # subject = not-repaint puts the feather ramp inside the repaint region, like for clicks.
         subject = request.mask < 0.5
-        notices: list[str] = []
-        if request.edit_subject:
-            raise ValueError("a mask already says what to repaint; leave out 'edit subject'")
     elif request.subject is not None:
-        if request.subject.shape != (request.image.height, request.image.width):
-            raise ValueError("the subject mask does not match the photo")
-        subject, notices = request.subject.astype(bool), []
+        subject = request.subject.astype(bool)
     else:
         if predictor is None:
             predictor, notices = masking.get_predictor(settings)
-        else:
-            notices = []
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
-        index = request.mask_candidate or 0
-        if not 0 <= index < len(prediction.masks):
-            raise ValueError(f"mask candidate must be between 0 and {len(prediction.masks) - 1}")
-        subject = prediction.masks[index]
+        subject = prediction.masks[request.mask_candidate or 0]
     # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
     # subject all hair) and still keep it.
     cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)

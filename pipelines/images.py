@@ -51,18 +51,18 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Decode `data`, refusing oversized images from the header, before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))  # lazy: reads the header only
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as err:
         # Pillow's own guard (left on for the whole process) fires first for headers past twice
         # its limit; our cap below covers everything smaller.
         raise ValueError(f"the image is too large to open safely (more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP; "
-                         f"the limit is {max_pixels / 1e6:.0f} MP, BACKDROP_MAX_IMAGE_PIXELS)") from None
-    except (OSError, SyntaxError, ValueError):
-        raise ValueError("the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)") from None
+                         f"the limit is {max_pixels / 1e6:.0f} MP, BACKDROP_MAX_IMAGE_PIXELS)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError("the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)") from err
     _check_size(image.size, max_pixels)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"the image file is damaged or truncated ({exc})") from None
+        raise ValueError(f"the image file is damaged or truncated ({exc})") from exc
     return image
 
 

@@ -142,8 +142,8 @@ def load_sam(checkpoint: Path, model_type: str = "vit_h", device: str = "cpu") -
     checkpoint = Path(checkpoint)
     try:
         stat = checkpoint.stat()
-    except OSError:
-        raise RuntimeError(f"SAM checkpoint {checkpoint} does not exist") from None
+    except OSError as err:
+        raise RuntimeError(f"SAM checkpoint {checkpoint} does not exist") from err
     # The file's size and time are part of the key: a replaced checkpoint is loaded again.
     key = (str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, model_type, str(device))
     with _SAM_CACHE_LOCK:  # held while loading: two sessions asking at once load the weights once
@@ -159,7 +159,7 @@ def _load_sam_uncached(checkpoint: Path, model_type: str, device: str) -> "Sam":
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; all mean the same here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file ({first[:160]})") from None
+        raise RuntimeError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file ({first[:160]})") from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # some fine-tuning scripts wrap the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -603,8 +603,8 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     try:
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), seeds, None, bgd_model, fgd_model,
                     iterations, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
-        raise ValueError("GrabCut found no background to learn from: click a smaller part of the photo") from None
+    except cv2.error as err:
+        raise ValueError("GrabCut found no background to learn from: click a smaller part of the photo") from err
     subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
     # Keep the connected parts that hold a positive click.
@@ -797,10 +797,10 @@ def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size:
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"could not download {url}: HTTP {exc.code} {exc.reason} ({hint})") from None
+        raise RuntimeError(f"could not download {url}: HTTP {exc.code} {exc.reason} ({hint})") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise RuntimeError(f"could not download {url}: {reason} ({hint})") from None
+        raise RuntimeError(f"could not download {url}: {reason} ({hint})") from exc
 
     with response:
         header = response.headers.get("Content-Length")
@@ -832,7 +832,7 @@ def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size:
                                    f"{sha[:len(sha256_prefix)]}, expected {sha256_prefix} ({hint})")
             os.replace(temp, dest)  # atomic: a reader sees no file or the whole file
         except (OSError, http.client.HTTPException) as exc:  # a stalled or cut connection, a full disk
-            raise RuntimeError(f"could not download {url}: {exc or type(exc).__name__} ({hint})") from None
+            raise RuntimeError(f"could not download {url}: {exc or type(exc).__name__} ({hint})") from exc
         finally:
             bar.close()
             temp.unlink(missing_ok=True)

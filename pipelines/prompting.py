@@ -89,12 +89,12 @@ def load_template(name: str, placeholders: tuple[str, ...] = ()) -> str:
     path = PROMPTS_DIR / f"{name}.txt"
     try:
         text = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except FileNotFoundError:
-        raise ValueError(f"template {path} does not exist") from None
+    except FileNotFoundError as err:
+        raise ValueError(f"template {path} does not exist") from err
     try:
         found = {field_name for _, field_name, _, _ in string.Formatter().parse(text) if field_name is not None}
     except ValueError as e:  # a lone "{" or "}"
-        raise ValueError(f"template {path} is not a valid template: {e}") from None
+        raise ValueError(f"template {path} is not a valid template: {e}") from e
     missing = [p for p in placeholders if p not in found]
     if missing:
         raise ValueError(f"template {path} lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}")
@@ -148,7 +148,7 @@ def load_tokenizers(model: str) -> tuple:
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder=subfolder)
         except Exception as e:  # OSError offline, ValueError for broken files: one line for the page
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"cannot load the SDXL tokenizer {model}/{subfolder}: {reason}") from None
+            raise RuntimeError(f"cannot load the SDXL tokenizer {model}/{subfolder}: {reason}") from e
         # transformers 5 builds an empty tokenizer (2 special tokens) when no files are found, e.g.
         # offline with nothing cached; counting with it would be silently wrong.
         if len(tokenizer) < 1000:
@@ -776,15 +776,15 @@ def pull_model(client, model: str, on_progress: Callable[[str, int, int], None] 
             status = progress.status or ""
             if on_progress is not None:
                 on_progress(status, int(progress.completed or 0), int(progress.total or 0))
-    except (ConnectionError, httpx.ConnectError):
+    except (ConnectionError, httpx.ConnectError) as err:
         raise RuntimeError(f"cannot pull {model}: Ollama is not running at {_client_host(client)} "
-                           "(start it with `ollama serve`)") from None
+                           "(start it with `ollama serve`)") from err
     except ollama.ResponseError as e:
-        raise RuntimeError(f"cannot pull {model}: {str(e.error).strip()}") from None
-    except httpx.TimeoutException:
-        raise RuntimeError(f"cannot pull {model}: no progress for {_client_timeout(client):g} s") from None
+        raise RuntimeError(f"cannot pull {model}: {str(e.error).strip()}") from e
+    except httpx.TimeoutException as err:
+        raise RuntimeError(f"cannot pull {model}: no progress for {_client_timeout(client):g} s") from err
     except (httpx.HTTPError, ValueError) as e:
-        raise RuntimeError(f"cannot pull {model}: {type(e).__name__}: {e}") from None
+        raise RuntimeError(f"cannot pull {model}: {type(e).__name__}: {e}") from e
     if status != "success":
         raise RuntimeError(f"cannot pull {model}: Ollama stopped at \"{status or 'nothing'}\"")
 

@@ -202,9 +202,9 @@ def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
             if not text:
                 raise ValueError
             return Path(text).expanduser()
-    except ValueError:
+    except ValueError as err:
         expected = "true or false" if "bool" in kind else "a positive number"
-        raise ValueError(f"{source}={text!r} is not valid: expected {expected}") from None
+        raise ValueError(f"{source}={text!r} is not valid: expected {expected}") from err
     if choices and text not in choices:
         raise ValueError(f"{source}={text!r} is not valid: expected one of {', '.join(choices)}")
     if f.name == "device" and not (text in DEVICES or text.startswith("cuda:")):

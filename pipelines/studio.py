@@ -154,7 +154,7 @@ class Studio:
         try:
             missing = prompting.missing_models(client, (self.settings.vision_model, self.settings.text_model))
         except prompting.OllamaUnavailable as exc:
-            raise RuntimeError(str(exc)) from None
+            raise RuntimeError(str(exc)) from exc
         for model in missing:
             prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
                                  if on_progress else None)
