@@ -44,6 +44,7 @@ class Studio:
         self._predictor_notices: list[str] = []
         self._predictor_ready = predictor is not None
         self._predictor_lock = threading.Lock()
+        self._tokenizers_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
 
     # --- models ------------------------------------------------------------------------------
@@ -56,7 +57,10 @@ class Studio:
         return self._predictor, list(self._predictor_notices)
 
     def tokenizers(self):
-        return prompting.load_tokenizers(self.settings.sdxl_model)
+        # One load at a time: concurrent first calls (four "Write prompt" clicks) would each load
+        # them, and race in transformers' lazy imports ("cannot import name 'CLIPTokenizer'").
+        with self._tokenizers_lock:
+            return prompting.load_tokenizers(self.settings.sdxl_model)
 
     def client(self):
         return prompting.make_client(self.settings.ollama_host, self.settings.ollama_timeout)
