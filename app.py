@@ -30,7 +30,7 @@ from pipelines.page import (GenerateForm, PageState, candidate_choices, notices_
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
-          "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
+          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -69,6 +69,7 @@ class Page:
     candidates: gr.Slider
     negative: gr.Textbox
     quality: gr.Textbox
+    prompt_2: gr.Textbox  # read-only: what the second text encoder read in the last edit
     scheduler: gr.Dropdown
     notices: gr.Markdown
     gallery: gr.Gallery
@@ -147,6 +148,8 @@ def build_layout(settings: Settings) -> Page:
                     w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates")
                     w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2)
                     w["quality"] = gr.Textbox(quality_words(), label="Quality words", lines=2)
+                    w["prompt_2"] = gr.Textbox(label="Prompt 2 as used (the prompt, then the quality words that fit)",
+                                               interactive=False, lines=2, elem_id="prompt-2")
                     w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
         w["notices"] = gr.Markdown(elem_id="notices")
         with gr.Row():
@@ -253,8 +256,9 @@ class Handlers:
         return f"{self.studio.count_tokens(prompt or '')} / {MAX_TOKENS} tokens"
 
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
-        """-> gallery, before_after, files, prompt, seed, notices, mood, results."""
+        """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
         from pipelines.blending import Cancelled, GpuOutOfMemory
+        from pipelines.downloads import format_progress
 
         if state.key is None:
             raise gr.Error("upload a photo first")
@@ -266,19 +270,22 @@ class Handlers:
         request = form.to_request(state, image, photo_mood)
 
         def on_progress(stage, i, n, preview_image):
+            if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
+                progress((i, n) if n else None, desc=f"{STAGES[stage]} {format_progress(i, n)}")
+                return
             progress((i, n) if n else None, desc=f"{STAGES[stage]}: step {i}/{n}" if n else STAGES[stage])
 
         try:
             result = self.studio.edit(request, session, on_progress)
         except Cancelled:
             gr.Warning("Cancelled.")
-            return (gr.skip(),) * 8
+            return (gr.skip(),) * 9
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
             raise gr.Error(_one_line(exc)) from exc
         served = [self.publish(str(p)) for p in result.paths]
         gallery = [(p, f"seed {s}") for p, s in zip(served, result.seeds)]
         return (gallery, (image, result.images[0]), served, result.prompt, result.seeds[0],
-                notices_markdown(result.notices), result.mood or gr.skip(), served)
+                notices_markdown(result.notices), result.mood or gr.skip(), served, result.prompt_2)
 
     def select_result(self, state: PageState, results: list[str], evt: gr.SelectData):
         """-> before_after for the picked result."""
@@ -339,7 +346,8 @@ def wire(page: Page, on: Handlers) -> None:
             return on.generate(values[p.state], typed, request.session_hash, progress)
 
         p.generate.click(on_generate, {p.state, *form.values()},
-                         [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results],
+                         [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results,
+                          p.prompt_2],
                          concurrency_id="gpu", concurrency_limit=1)
         p.cancel.click(on.cancel, None, None, queue=False)
         p.gallery.select(on.select_result, [p.state, p.results], [p.before_after])

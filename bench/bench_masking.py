@@ -24,6 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.masking import MaskPredictor  # noqa: E402
+from pipelines.sam_models import SAM_VARIANTS  # noqa: E402
 from pipelines.types import ClickPoint  # noqa: E402
 
 
@@ -46,13 +47,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from segment_anything import sam_model_registry
 
     default_threads = torch.get_num_threads()
     thread_counts = [int(n) or default_threads for n in args.threads.split(",")]
     torch.manual_seed(0)
-    sam = sam_model_registry[args.model_type](checkpoint=None).to(args.device).eval()
-    predictor = MaskPredictor(sam, cache_size=2)
+    sam = SAM_VARIANTS[args.model_type]().to(args.device).eval()
+    predictor = MaskPredictor(sam, cache_size=2, variant=args.model_type)
     photo = synthetic_photo()
     rng = np.random.default_rng(1)
 

@@ -159,7 +159,7 @@ def run_bench(components, cases: Sequence[PromptCase], variants: Sequence[Varian
     everything = np.ones((size, size), np.float32)  # repaint the whole canvas: text-to-image
     rows = []
     for variant in variants:
-        used = with_erased_encoders(components, variant.erased, erased_dir) if variant.erased else components
+        used, _ = with_erased_encoders(components, variant.erased, erased_dir)  # None: the originals
         counts: dict[str, list[int]] = {}
         for case in cases:
             seeds = [(case.seed + k) % 2**32 for k in range(images_per_prompt)]

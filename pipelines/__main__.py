@@ -1,4 +1,4 @@
-"""The command line: `python -m pipelines edit | batch | presets | erase`.
+"""The command line: `python -m pipelines edit | batch | presets | erase | download`.
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
@@ -6,6 +6,7 @@
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
+    python -m pipelines download all     # SDXL and SAM now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
@@ -19,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines.fast import FAST_PRESETS
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 
@@ -62,6 +64,8 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="default: random (printed)")
     parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
+    parser.add_argument("--fast", choices=FAST_PRESETS, metavar="NAME",
+                        help=f"a few-step LoRA preset, which sets steps, guidance and sampler: {', '.join(FAST_PRESETS)}")
     parser.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
     parser.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
     parser.add_argument("--feather", type=int, default=4,
@@ -100,15 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     presets = commands.add_parser("presets", help="the SLD safety presets")
     presets.add_argument("--json", action="store_true")
 
-    from pipelines.erasure import add_erase_arguments
+    from pipelines.erasure import BASES
+    from pipelines.erasure_training import CONCEPT_TYPES, DEFAULT_HYPERPARAMETERS
 
     erase = commands.add_parser("erase", help="train concept-erased text encoders")
-    add_erase_arguments(erase)
+    erase.add_argument("--concept", required=True, help='the concept to erase, e.g. "van gogh"')
+    erase.add_argument("--concept-type", required=True, choices=CONCEPT_TYPES,
+                       help="picks the prompt lists (prompts/erasure/) and the default learning rate and epochs")
+    erase.add_argument("--epochs", type=int, help="passes over the concept prompts (default 50)")
+    default_lrs = ", ".join(f"{t} {lr:g}" for t, (lr, _) in DEFAULT_HYPERPARAMETERS.items())
+    erase.add_argument("--lr", type=float, help=f"learning rate (default by type: {default_lrs})")
+    erase.add_argument("--name", help="save name under <checkpoint dir>/erased/ (default: the concept's slug)")
+    erase.add_argument("--force", action="store_true", help="replace an existing entry of that name")
+    erase.add_argument("--seed", type=int, default=0, help="seed of the random target and prompt order")
+    erase.add_argument("--anchor-weight", type=float, default=1.0,
+                       help="weight of keeping unrelated prompts unchanged (default 1.0)")
+    erase.add_argument("--batch-size", type=int, default=4, help="concept prompts per step (default 4)")
+    erase.add_argument("--base", choices=BASES, default="sdxl",
+                       help="sdxl (both encoders) or sd14 (one encoder, as in the seed)")
+    erase.add_argument("--model", help="diffusers folder or model id to erase from (default for sdxl: the "
+                                       "SDXL model setting; required for sd14)")
     add_arguments(erase)
+
+    from pipelines.downloads import add_download_arguments
+
+    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM), to run offline later")
+    add_download_arguments(download)
+    add_arguments(download)
     return parser
 
 
 def _progress(stage: str, i: int, n: int, preview) -> None:
+    if stage == "download":
+        return  # pipelines.downloads draws its own bar, with bytes and speed
     if n:
         end = "\n" if i == n else "\r"
         sys.stderr.write(f"{stage}: step {i}/{n}{end}")
@@ -130,20 +158,22 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
-        num_candidates=args.candidates, scheduler=args.scheduler)
+        num_candidates=args.candidates, scheduler=args.scheduler, fast=args.fast)
     result = run_edit(request, settings, on_progress=_progress, out=args.out)
     for notice in result.notices:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
         print(json.dumps({
             "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "prompt": result.prompt,
-            "prompt_tokens": result.prompt_tokens, "mood": result.mood, "notices": result.notices,
+            "edge": args.edge, "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+            "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens,
+            "mood": result.mood, "notices": result.notices,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "safety": _safety_json(result.safety),
         }, ensure_ascii=False))
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
+        print(f"prompt 2 ({result.prompt_2_tokens}/77 tokens): {result.prompt_2}")
         for path, seed, score in zip(result.paths, result.seeds, result.scores):
             print(f"{path}  (seed {seed}, score {score:g})")
     return 0
@@ -196,6 +226,35 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    """Train, save and report an erased encoder pair; the checks come before any loading."""
+    from tqdm.auto import tqdm
+
+    from pipelines.erasure import check_name, concept_slug, erase_concept
+    from pipelines.erasure_training import ErasureConfig
+
+    config = ErasureConfig(
+        concept=args.concept, concept_type=args.concept_type, epochs=args.epochs, lr=args.lr, seed=args.seed,
+        anchor_weight=args.anchor_weight, base=args.base, batch_size=args.batch_size)
+    name = check_name(args.name) if args.name else concept_slug(config.concept)
+    if args.model is None and config.base == "sd14":
+        raise ValueError("--base sd14 needs --model (an SD 1.x diffusers folder or model id)")
+    model = args.model or settings.sdxl_model
+    device = settings.resolve_device()
+    sys.stderr.write(f"erasing {config.concept!r} ({config.concept_type}) from {model} on {device}\n")
+    with tqdm(total=None, desc=f"erase {name}", unit="step", file=sys.stderr) as bar:
+        def on_progress(step: int, total: int, loss: float) -> None:
+            bar.total = total
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        report, saved = erase_concept(config, model, settings.erased_dir / name, device,
+                                      overwrite=args.force, on_progress=on_progress)
+    print(report.summary())
+    print(f"saved to {saved}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -204,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_presets(args)
         settings = Settings.from_env(overrides=vars(args))
         if args.command == "erase":
-            from pipelines.erasure import run_erase
+            return cmd_erase(args, settings)
+        if args.command == "download":
+            from pipelines.downloads import run_download
 
-            return run_erase(args, settings)
+            return run_download(args, settings)
         if args.command == "batch":
             return cmd_batch(args, settings)
         return cmd_edit(args, settings)

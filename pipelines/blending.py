@@ -31,15 +31,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     UNet2DConditionModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
@@ -47,8 +49,13 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from pipelines import images
+from pipelines.acceleration import SpeedOptions, apply_speed, plan_speed, vae_dtype
+from pipelines.prompting.weights import Fragment, parse_weights
 from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
 from pipelines.settings import SCHEDULERS, Settings  # SCHEDULERS: ("euler", "dpmpp_2m")
+
+# The samplers the few-step LoRAs need (pipelines/fast.py); they are chosen through a Fast preset.
+FEW_STEP_SAMPLERS = ("euler_trailing", "ddim_trailing", "lcm")
 
 PREVIEW_EVERY = 5  # on_step gets a latent preview every this many steps (and after the last one)
 
@@ -79,10 +86,10 @@ class GpuOutOfMemory(RuntimeError):
 @dataclass(frozen=True)
 class SDXLComponents:
     """The parts of SDXL the loop uses. Frozen: to swap the text encoders for erased ones, make a
-    copy with `dataclasses.replace(components, text_encoder=..., text_encoder_2=...)`."""
+    copy with `erasure.with_erased_encoders`, which keeps the originals for SLD's concept."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL  # float32 when SDXL's VAE would overflow in float16 (config.force_upcast)
+    vae: AutoencoderKL  # float32 (or bfloat16, BACKDROP_VAE_BF16) where float16 would overflow (force_upcast)
     text_encoder: CLIPTextModel  # CLIP ViT-L: penultimate hidden states
     text_encoder_2: CLIPTextModelWithProjection  # OpenCLIP bigG: penultimate states + pooled projection
     tokenizer: CLIPTokenizer
@@ -94,6 +101,11 @@ class SDXLComponents:
     cpu_offload: bool = False  # models wait on the CPU and move to `device` only while they run
     force_zeros_for_empty_prompt: bool = True  # model_index.json: an empty negative prompt is zeros
     vae_tiling: bool = False  # the VAE encodes and decodes large images tile by tile
+    speed: tuple[str, ...] = ()  # the speed options applied (acceleration.apply_speed), for logs and status
+    # With erased encoders swapped in (`erasure.with_erased_encoders`): the original ones, which
+    # encode SLD's concept (the erased ones map it to noise). None: the encoders above are the originals.
+    original_text_encoder: CLIPTextModel | None = None
+    original_text_encoder_2: CLIPTextModelWithProjection | None = None
 
 
 _CACHE: OrderedDict[tuple, SDXLComponents] = OrderedDict()
@@ -102,7 +114,8 @@ _CACHE_SIZE = 2  # SDXL is about 7 GB in float16: keep at most two configuration
 
 
 def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-              cpu_offload: bool = False, vae_tiling: bool = False) -> SDXLComponents:
+              cpu_offload: bool = False, vae_tiling: bool = False,
+              speed: SpeedOptions = SpeedOptions()) -> SDXLComponents:
     """Load SDXL's components from a hub id or a local diffusers folder, cached per configuration.
 
     Args:
@@ -115,6 +128,8 @@ def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float3
             of about 12 GB). Ignored when `device` is the CPU. The models move while an edit runs,
             so edits on offloaded components must not overlap (the page runs one at a time).
         vae_tiling: let the VAE work tile by tile on large images.
+        speed: attention kernels, memory layout, fused projections, VAE precision and torch.compile
+            (`acceleration.SpeedOptions`); what cannot run on `device` is left out with a log line.
 
     Returns:
         The components; the same object for the same arguments while it stays in the cache.
@@ -124,12 +139,12 @@ def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float3
             saying what to download and where).
     """
     offload = bool(cpu_offload) and torch.device(device).type != "cpu"
-    key = (str(model), str(device), dtype, offload, bool(vae_tiling))
+    key = (str(model), str(device), dtype, offload, bool(vae_tiling), speed)
     with _CACHE_LOCK:  # one load at a time: two concurrent SDXL loads would need twice the memory
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        components = _load_uncached(str(model), str(device), dtype, offload, bool(vae_tiling))
+        components = _load_uncached(str(model), str(device), dtype, offload, bool(vae_tiling), speed)
         _CACHE[key] = components
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -137,10 +152,15 @@ def load_sdxl(model: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
 
 def load_sdxl_from_settings(settings: Settings) -> SDXLComponents:
-    """`load_sdxl` with the model, device, dtype, offload and tiling from the settings."""
+    """`load_sdxl` with the model (its local copy, `downloads.sdxl_folder`), device, dtype, offload,
+    tiling and speed options from the settings."""
+    from pipelines.downloads import sdxl_folder
+
     device = settings.resolve_device()
-    return load_sdxl(settings.sdxl_model, device, settings.resolve_dtype(device),
-                     cpu_offload=settings.cpu_offload, vae_tiling=settings.vae_tiling)
+    folder = sdxl_folder(settings)  # the local copy: load_sdxl never asks the hub itself
+    return load_sdxl(str(folder), device, settings.resolve_dtype(device),
+                     cpu_offload=settings.cpu_offload, vae_tiling=settings.vae_tiling,
+                     speed=SpeedOptions.from_settings(settings))
 
 
 def sdxl_status(settings: Settings) -> str:
@@ -153,16 +173,23 @@ def sdxl_status(settings: Settings) -> str:
 
 
 def _load_uncached(model: str, device: str, dtype: torch.dtype, cpu_offload: bool,
-                   vae_tiling: bool) -> SDXLComponents:
+                   vae_tiling: bool, speed: SpeedOptions) -> SDXLComponents:
+    from pipelines.downloads import weights_variant
+
+    variant = weights_variant(model)  # "fp16" for a folder that `download sdxl` fetched
     try:
         index = DiffusionPipeline.load_config(model)
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
-        # SDXL's VAE overflows in float16 (diffusers' `force_upcast`): then it stays float32 and
-        # latents are cast on the way in and out.
-        vae_upcast = dtype == torch.float16 and AutoencoderKL.load_config(model, subfolder="vae").get("force_upcast")
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32 if vae_upcast else dtype)
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, variant=variant)
+        # SDXL's VAE overflows in float16 (diffusers' `force_upcast`): then it stays float32 (or
+        # bfloat16, which has float32's range) and latents are cast on the way in and out.
+        vae_upcast = bool(dtype == torch.float16
+                          and AutoencoderKL.load_config(model, subfolder="vae").get("force_upcast"))
+        plan = plan_speed(speed, device, vae_upcast, cpu_offload)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype(plan, dtype, vae_upcast),
+                                            variant=variant)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=dtype, variant=variant)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=dtype,
+                                                                     variant=variant)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2")
         scheduler_config = dict(EulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
@@ -176,12 +203,13 @@ def _load_uncached(model: str, device: str, dtype: torch.dtype, cpu_offload: boo
         module.eval().requires_grad_(False)
         if not cpu_offload:
             module.to(device)
+    applied = apply_speed(unet, vae, plan)
     return SDXLComponents(
         unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler_config=scheduler_config,
         model_id=model, device=device, dtype=dtype, cpu_offload=cpu_offload,
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
-        vae_tiling=vae_tiling,
+        vae_tiling=vae_tiling, speed=applied,
     )
 
 
@@ -221,6 +249,11 @@ def encode_prompt(components: SDXLComponents, prompt: str,
                   prompt_2: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode a text with both SDXL text encoders, as diffusers' `StableDiffusionXLPipeline.encode_prompt`.
 
+    Weight marks (`realistic photography+++`, see `pipelines.prompting.weights`) never reach a
+    tokenizer: each encoder reads the text without them, and compel scales the hidden states of the
+    weighted tokens (`empty + (h - empty) * weight`). The pooled vector is the plain text's, as
+    compel leaves it too. A text without marks is encoded exactly as diffusers does.
+
     Args:
         prompt: text for the first encoder (CLIP ViT-L), cut at 77 tokens.
         prompt_2: text for the second encoder (OpenCLIP bigG); None: `prompt`.
@@ -234,14 +267,50 @@ def encode_prompt(components: SDXLComponents, prompt: str,
                 (prompt_2 or prompt, components.tokenizer_2, components.text_encoder_2))
     hidden_states, pooled = [], None
     for text, tokenizer, text_encoder in encoders:
-        input_ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length,
+        fragments = parse_weights(text)
+        plain = "".join(fragment.text for fragment in fragments)
+        input_ids = tokenizer(plain, padding="max_length", max_length=tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
         with _on_device(components, text_encoder):
-            output = text_encoder(input_ids.to(_module_device(text_encoder)), output_hidden_states=True)
-        hidden_states.append(output.hidden_states[-2].to(components.device))  # SDXL uses the penultimate layer
+            device = _module_device(text_encoder)
+            output = text_encoder(input_ids.to(device), output_hidden_states=True)
+            hidden = output.hidden_states[-2]  # SDXL uses the penultimate layer
+            if any(fragment.plus for fragment in fragments):
+                hidden = _weighted_hidden_states(fragments, tokenizer, text_encoder, device)
+        hidden_states.append(hidden.to(components.device))
         pooled = getattr(output, "text_embeds", None)  # only the second encoder has a projection
     prompt_embeds = torch.cat(hidden_states, dim=-1).to(components.dtype)
     return prompt_embeds, pooled.to(device=components.device, dtype=components.dtype)
+
+
+def encode_sld_concept(components: SDXLComponents, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode SLD's unsafe-concept text with the ORIGINAL text encoders, as `encode_prompt` does.
+
+    With an erased pair swapped in, the prompts go through the erased encoders, but the concept
+    must not: they are trained to map it (e.g. nudity) to noise, and SLD would then steer away
+    from noise instead of from what it must avoid.
+    """
+    if components.original_text_encoder is not None:
+        components = replace(components, text_encoder=components.original_text_encoder,
+                             text_encoder_2=components.original_text_encoder_2)
+    return encode_prompt(components, concept)
+
+
+def _weighted_hidden_states(fragments: list[Fragment], tokenizer, text_encoder,
+                            device: torch.device) -> torch.Tensor:
+    """Penultimate hidden states (1, 77, C) with each fragment's tokens weighted, by compel.
+
+    compel's `EmbeddingsProvider` gets the fragments already parsed (its own parser reads a
+    different syntax, and its `Compel` class would tokenize the raw text, marks included, for
+    the pooled vector); one provider per encoder, as compel's `CompelForSDXL` does.
+    """
+    from compel import EmbeddingsProvider, ReturnedEmbeddingsType
+
+    provider = EmbeddingsProvider(
+        tokenizer, text_encoder, truncate=True, device=device,
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED)
+    return provider.get_embeddings_for_weighted_prompt_fragments(
+        [[fragment.text for fragment in fragments]], [[fragment.weight for fragment in fragments]], device=device)
 
 
 def encode_image(components: SDXLComponents, image: Image.Image) -> torch.Tensor:
@@ -293,13 +362,23 @@ def make_scheduler(components: SDXLComponents, scheduler: str = "euler"):
     """A fresh scheduler (they keep per-run state) from the model's scheduler config.
 
     "euler": `EulerDiscreteScheduler` (SDXL's default). "dpmpp_2m": `DPMSolverMultistepScheduler`
-    as DPM++ 2M (`algorithm_type="dpmsolver++"`, `solver_order=2`).
+    as DPM++ 2M (`algorithm_type="dpmsolver++"`, `solver_order=2`). The few-step LoRAs' samplers
+    (their model cards): "euler_trailing" (SDXL-Lightning) and "ddim_trailing" (Hyper-SD) space the
+    timesteps from the last training step down, so a 4-step run starts from pure noise; "lcm" is
+    `LCMScheduler` (LCM-LoRA). DDIM is told not to clip x0: latents are not images in [-1, 1].
     """
+    config = components.scheduler_config
     if scheduler == "euler":
-        return EulerDiscreteScheduler.from_config(components.scheduler_config)
+        return EulerDiscreteScheduler.from_config(config)
     if scheduler == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(
-            components.scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if scheduler == "euler_trailing":
+        return EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing")
+    if scheduler == "ddim_trailing":
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False,
+                                         set_alpha_to_one=False)
+    if scheduler == "lcm":
+        return LCMScheduler.from_config(config)
     raise ValueError(f"unknown scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
 
 
@@ -381,7 +460,7 @@ def blend(
             it, so a seed gives the same image on any GPU and for any number of candidates.
         safety: an SLD preset (`safety.get_preset`) as defined for 50 steps, or None for off.
         sld_concept: the unsafe concept text; None: the paper's (`safety.default_sld_concept`).
-        scheduler: "euler" or "dpmpp_2m".
+        scheduler: "euler" or "dpmpp_2m", or a Fast preset's sampler (`FEW_STEP_SAMPLERS`).
         on_step: called after every step as on_step(i, n, preview): i counts executed steps over all
             candidates (1..n), n = executed steps x candidates, preview a latent-RGB image every
             `PREVIEW_EVERY` steps and at each candidate's last step, else None.
@@ -404,7 +483,7 @@ def blend(
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    if scheduler not in SCHEDULERS:
+    if scheduler not in SCHEDULERS + FEW_STEP_SAMPLERS:
         raise ValueError(f"unknown scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
     if image.mode != "RGB":
         raise ValueError(f"the image must be RGB, got mode {image.mode}")
@@ -469,7 +548,7 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
                                                              negative_prompt_2 or negative_prompt or "")
         slots, pooled_slots = [negative_embeds, prompt_embeds], [negative_pooled, pooled]
     if sld is not None:
-        concept_embeds, concept_pooled = encode_prompt(components, sld_concept or default_sld_concept())
+        concept_embeds, concept_pooled = encode_sld_concept(components, sld_concept or default_sld_concept())
         slots.append(concept_embeds)
         pooled_slots.append(concept_pooled)
     encoder_hidden_states = torch.cat(slots)
@@ -494,7 +573,8 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
             scheduler.set_timesteps(num_inference_steps, device=device)
             t_start = num_inference_steps - executed_steps
             timesteps = scheduler.timesteps[t_start * scheduler.order:]
-            scheduler.set_begin_index(t_start * scheduler.order)
+            if hasattr(scheduler, "set_begin_index"):  # DDIM has no step index to set
+                scheduler.set_begin_index(t_start * scheduler.order)
             step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
             # 5. Prepare latents: pure noise at strength 1, else z0 noised to the first executed step

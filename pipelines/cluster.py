@@ -18,6 +18,7 @@ folders at the same paths (one container image and a shared volume, as KubeRay s
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,12 +41,12 @@ class EditWorker:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
-        from pipelines import blending, masking, prompting
+        from pipelines import blending, downloads, prompting, sam_models
 
         start = time.perf_counter()
         blending.load_sdxl_from_settings(settings)
-        masking.get_predictor(settings)
-        prompting.load_tokenizers(settings.sdxl_model)
+        sam_models.get_predictor(settings)
+        prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
         return time.perf_counter() - start
 
     def run_task(self, task, settings: Settings) -> dict[str, Any]:
@@ -79,8 +80,9 @@ def connect(address: str | None = None, **init_options: Any) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
-    # Workers import Backdrop from the same folder as this process (see the module docstring).
-    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    # Workers import Backdrop from the same folder as this process (see the module docstring), and
+    # whatever else this process's PYTHONPATH adds (a SAM variant registered by a site module).
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **init_options)
         return

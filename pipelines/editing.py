@@ -11,6 +11,7 @@ The page (`app.py`) and the command line (`python -m pipelines edit`) both call 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -22,19 +23,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import checking, compositing, gpu_room, images, masking, prompting, ranking
+from pipelines import checking, compositing, downloads, gpu_room, images, masking, prompting, ranking, sam_models
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
 
-# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "load", "diffusion" or "save";
-# i of n steps done (n = 0 when a stage has no steps); preview is a small image during diffusion.
+# on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
+# or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
+# preview is a small image during diffusion.
 ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
 MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
-SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M"}
+SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
+                 "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
 @dataclass
@@ -79,6 +82,10 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
     checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
         from pipelines.erasure import list_erased
 
@@ -126,7 +133,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         subject = request.subject.astype(bool)
     else:
         if predictor is None:
-            predictor, notices = masking.get_predictor(settings)
+            predictor, notices = sam_models.get_predictor(settings)
         prediction = masking.predict_masks(request.image, request.points, predictor)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]
@@ -161,7 +168,8 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
     notices += mask_notices
     timings["mask"] = time.perf_counter() - start
 
-    tokenizers = prompting.load_tokenizers(settings.sdxl_model)
+    # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
+    tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
     client = None
     mood = (request.mood or "").strip()
     if request.prompt is None and request.mood is None:
@@ -220,9 +228,17 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     """
     from pipelines import blending, safety
     from pipelines.erasure import with_erased_encoders
+    from pipelines.fast import use_fast
 
-    # 1. Check inputs, pick seeds
+    # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
     validate_request(request, settings)
+    fast_preset = None
+    if request.fast is not None:
+        from pipelines.fast import get_fast_preset
+
+        fast_preset = get_fast_preset(request.fast)
+        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
+                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
     seed = request.seed if request.seed is not None else random.randrange(2**32)
     seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
@@ -232,21 +248,27 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     ready = prepare(request, settings, on_progress, predictor, timings, seed=seed)
     notices = list(ready.notices)
 
-    # 3. Make room on the GPU (Ollama's models may hold it), load SDXL (cached) and swap in erased
-    # text encoders if asked
+    # 3. Make room on the GPU (Ollama's models may hold it); fetch SDXL if it is not here yet
+    # (bytes as progress), load it (cached), swap in erased encoders
+    downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
     report("load", 0, 0, None)
     start = time.perf_counter()
     working = images.to_working(request.image, settings.working_pixels)
     notices += gpu_room.make_room_for_edit(settings, working.size, sld=request.safety != "off")
     components = blending.load_sdxl_from_settings(settings)
-    components = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
+    components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
+    notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
     # 4. Blended latent diffusion at the working size
     start = time.perf_counter()
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
-    prompt_2 = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
+    quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
+    second = prompting.second_prompt(ready.prompt.prompt, quality, (components.tokenizer, components.tokenizer_2))
+    prompt_2 = second.prompt
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
@@ -292,7 +314,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 
     result = EditResult(
         images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, mood=ready.mood, negative_prompt=negative, mask=weight,
+        prompt_tokens=ready.prompt.tokens, prompt_2=prompt_2, prompt_2_tokens=second.tokens,
+        mood=ready.mood, negative_prompt=negative, mask=weight,
         scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
 
     # 8. Save, with the parameters that reproduce each image and the check it passed
@@ -334,6 +357,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
         "Denoising strength": request.strength,
         "Safety": safety,
         "Erased encoder": request.erased or "none",
+        "Fast": request.fast or "off",
         "Safety check": safety_check,
         "Mood": result.mood or "none",
         "Prompt 2": prompt_2,

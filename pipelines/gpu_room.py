@@ -4,7 +4,7 @@ Ollama keeps LLaVA and Llama 2 loaded for `keep_alive` (10 minutes by default), 
 on the same GPU SDXL needs: on a 12-16 GB card the edit would run out of memory. So before
 diffusion on CUDA, `make_room` compares the memory this process can still get with what SDXL needs
 for the edit (`measure_room`, an estimate), and when it is short asks Ollama to unload its models
-(`prompting.unload_models`: keep_alive 0). `BACKDROP_OLLAMA_UNLOAD` says when: auto (when short),
+(`OllamaClient.unload`: keep_alive 0). `BACKDROP_OLLAMA_UNLOAD` says when: auto (when short),
 always, or never. The decision takes its numbers as a `Room`, so it is tested without a GPU.
 
     room = measure_room("cuda", (1024, 1024), sld=True, offload=False, tiling=False)
@@ -77,7 +77,7 @@ def make_room(client, mode: str, room: Room, *, wait: float = 10.0) -> list[str]
     """Ask Ollama to unload the models it holds on the GPU, if `mode` and `room` say so.
 
     Args:
-        client: from `prompting.make_client`.
+        client: a `prompting.OllamaClient`.
         mode: "auto" (only when `room.short`), "always" or "never" (Settings.ollama_unload).
         room: the memory this process can get and what the edit needs.
         wait: seconds to wait for Ollama to list the models as gone (it frees them in the background).
@@ -89,12 +89,12 @@ def make_room(client, mode: str, room: Room, *, wait: float = 10.0) -> list[str]
     if mode == "never" or (mode == "auto" and not room.short):
         return []
     try:
-        on_gpu = {name: vram for name, vram in prompting.loaded_models(client).items() if vram > 0}
+        on_gpu = {name: vram for name, vram in client.loaded().items() if vram > 0}
         if not on_gpu:
             return []
-        prompting.unload_models(client, on_gpu)
+        client.unload(list(on_gpu))
         deadline = time.monotonic() + wait
-        while set(on_gpu) & set(prompting.loaded_models(client)) and time.monotonic() < deadline:
+        while set(on_gpu) & set(client.loaded()) and time.monotonic() < deadline:
             time.sleep(0.2)
     except prompting.OllamaUnavailable as exc:
         return [f"could not ask Ollama to free GPU memory for SDXL: {exc}"]
@@ -119,7 +119,7 @@ def make_room_for_edit(settings, size: tuple[int, int], *, sld: bool) -> list[st
 def oom_hint(client) -> str:
     """A sentence for an out-of-memory error when Ollama holds models on the GPU, else ""."""
     try:
-        on_gpu = {name: vram for name, vram in prompting.loaded_models(client).items() if vram > 0}
+        on_gpu = {name: vram for name, vram in client.loaded().items() if vram > 0}
     except prompting.OllamaUnavailable:
         return ""
     if not on_gpu:

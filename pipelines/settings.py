@@ -35,6 +35,9 @@ SAM_CHECKPOINT_NAMES = {
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SCHEDULERS = ("euler", "dpmpp_2m")
+ATTENTION = ("sdpa", "classic")  # PyTorch's fused scaled_dot_product_attention, or diffusers' plain matmuls
+AUTO_ON_OFF = ("auto", "on", "off")  # auto: on where it is known to help (CUDA), on: wherever it can run
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes for the UNet
 OLLAMA_UNLOAD_MODES = ("auto", "always", "never")  # when Ollama's models leave the GPU before diffusion
 
 
@@ -93,6 +96,24 @@ class Settings:
         "keep only the running model on the GPU (for GPUs of about 12 GB)")
     vae_tiling: bool = _setting(
         False, "BACKDROP_VAE_TILING", "--vae-tiling", "decode large images tile by tile")
+    attention: str = _setting(
+        "sdpa", "BACKDROP_ATTENTION", "--attention",
+        "attention kernels: sdpa (PyTorch's fused attention) or classic (plain matmuls, for comparison)",
+        ATTENTION)
+    channels_last: str = _setting(
+        "auto", "BACKDROP_CHANNELS_LAST", "--channels-last",
+        "UNet and VAE in channels-last memory layout (auto: on CUDA)", AUTO_ON_OFF)
+    fuse_qkv: str = _setting(
+        "auto", "BACKDROP_FUSE_QKV", "--fuse-qkv",
+        "fuse the attention's query/key/value projections into one matmul (auto: on CUDA)", AUTO_ON_OFF)
+    vae_bf16: str = _setting(
+        "auto", "BACKDROP_VAE_BF16", "--vae-bf16",
+        "VAE in bfloat16 instead of float32 (auto: on CUDA with bfloat16, where float16 would overflow)",
+        AUTO_ON_OFF)
+    compile: str = _setting(
+        "off", "BACKDROP_COMPILE", "--compile",
+        "torch.compile the UNet (reduce-overhead adds CUDA graphs); the first edit per size pays the warm-up",
+        COMPILE_MODES)
     working_pixels: int = _setting(
         1024 * 1024, "BACKDROP_WORKING_PIXELS", "--working-pixels",
         "pixels of the size SDXL works at (sides are multiples of 64, aspect kept)")
@@ -154,6 +175,11 @@ class Settings:
     @property
     def erased_dir(self) -> Path:
         return self.checkpoint_dir / "erased"
+
+    @property
+    def lora_dir(self) -> Path:
+        """Where the Fast presets' LoRA files are looked for before the Hugging Face cache."""
+        return self.checkpoint_dir / "loras"
 
     def resolve_device(self) -> str:
         """The torch device string: `auto` becomes `cuda` when CUDA is usable, else `cpu`."""

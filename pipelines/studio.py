@@ -6,6 +6,9 @@ typing. A click then only waits for that photo's embedding (usually done by then
 reuses the mood instead of asking LLaVA again. Results are kept per photo (keyed by content hash,
 bounded), so two people editing two photos never see each other's work.
 
+SAM comes from `sam_models.get_predictor`, the one cache of it, asked once per photo: after a failed
+load or download (offline, say), the next photo tries again and its clicks say why GrabCut is used.
+
 Cancel flags are kept per browser session; the diffusion loop polls them every step.
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipelines import editing, images, masking, prompting
+from pipelines import downloads, editing, images, masking, prompting, sam_models
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, EditResult
 
@@ -28,39 +31,33 @@ MAX_PHOTOS = 8  # photos whose background work is remembered (each holds its ful
 @dataclass
 class PhotoJobs:
     image: Image.Image
-    embedding: Future  # -> None, once SAM's embedding is cached (or SAM is unavailable)
+    embedding: Future  # -> (predictor or None, notices), once SAM's embedding is cached
     mood: Future  # -> prompting.MoodResult
 
 
 class Studio:
     """Background work per photo, shared models, cancel flags and status lines for the page."""
 
-    def __init__(self, settings: Settings, predictor: masking.MaskPredictor | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backdrop-bg")
         self._lock = threading.Lock()
         self._photos: OrderedDict[str, PhotoJobs] = OrderedDict()
-        self._predictor = predictor
-        self._predictor_notices: list[str] = []
-        self._predictor_ready = predictor is not None
-        self._predictor_lock = threading.Lock()
         self._tokenizers_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
 
     # --- models ------------------------------------------------------------------------------
     def predictor(self) -> tuple[masking.MaskPredictor | None, list[str]]:
-        """The shared SAM predictor (loaded once; None with a notice when only GrabCut is possible)."""
-        with self._predictor_lock:
-            if not self._predictor_ready:
-                self._predictor, self._predictor_notices = masking.get_predictor(self.settings)
-                self._predictor_ready = True
-        return self._predictor, list(self._predictor_notices)
+        """The shared SAM predictor from `sam_models`' one cache (None with a notice: GrabCut)."""
+        return sam_models.get_predictor(self.settings)
 
     def tokenizers(self):
+        """SDXL's tokenizers, from the local copy (only they are fetched when nothing is cached)."""
         # One load at a time: concurrent first calls (four "Write prompt" clicks) would each load
         # them, and race in transformers' lazy imports ("cannot import name 'CLIPTokenizer'").
         with self._tokenizers_lock:
-            return prompting.load_tokenizers(self.settings.sdxl_model)
+            folder = downloads.sdxl_folder(self.settings, tokenizers_only=True)
+            return prompting.load_tokenizers(str(folder))
 
     def client(self):
         return prompting.make_client(self.settings.ollama_host, self.settings.ollama_timeout)
@@ -80,10 +77,11 @@ class Studio:
                 self._photos.popitem(last=False)
         return key
 
-    def _embed(self, image: Image.Image) -> None:
-        predictor, _ = self.predictor()
+    def _embed(self, image: Image.Image) -> tuple[masking.MaskPredictor | None, list[str]]:
+        predictor, notices = self.predictor()  # a failure is tried again with the next photo
         if predictor is not None:
             predictor.embed(image)
+        return predictor, notices
 
     def _mood(self, image: Image.Image) -> prompting.MoodResult:
         s = self.settings
@@ -112,8 +110,7 @@ class Studio:
     def predict(self, key: str, points: list[ClickPoint], mask_input=None) -> masking.MaskPrediction:
         """SAM's three masks for the clicks (GrabCut without SAM). Waits for the photo's embedding."""
         jobs = self._jobs(key)
-        jobs.embedding.result()  # re-raises an embedding failure here, once per click
-        predictor, notices = self.predictor()
+        predictor, notices = jobs.embedding.result()  # re-raises an embedding failure here, once per click
         prediction = masking.predict_masks(jobs.image, points, predictor, mask_input=mask_input)
         prediction.notices = notices + [n for n in prediction.notices if n not in notices]
         return prediction
@@ -135,9 +132,7 @@ class Studio:
         with self._lock:
             self._cancel[session] = event
         try:
-            predictor, _ = self.predictor()
-            return editing.run_edit(request, self.settings, on_progress=on_progress,
-                                    should_cancel=event.is_set, predictor=predictor)
+            return editing.run_edit(request, self.settings, on_progress=on_progress, should_cancel=event.is_set)
         finally:
             with self._lock:
                 if self._cancel.get(session) is event:
@@ -170,6 +165,7 @@ class Studio:
         from pipelines.blending import sdxl_status
 
         s = self.settings
-        return [masking.sam_status(s),
+        missing = downloads.sdxl_missing(s)
+        return [sam_models.sam_status(s),
                 prompting.ollama_status(self.client(), (s.vision_model, s.text_model)),
-                sdxl_status(s)]
+                sdxl_status(s) + (f"; {missing}" if missing else "")]

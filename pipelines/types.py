@@ -49,7 +49,7 @@ class EditRequest:
     keyword: str = ""  # the user's background keyword, any language
     mood: str | None = None  # mood keywords; None: ask the vision model
     prompt: str | None = None  # the SDXL prompt; None: ask the text model
-    prompt_2: str | None = None  # second-encoder prompt (quality words); None: the default text
+    prompt_2: str | None = None  # quality words the second encoder reads after the scene; None: the default
     negative_prompt: str | None = None  # None: the default negative prompt
     safety: str = "off"  # off, weak, medium, strong, max (SLD presets)
     sld_concept: str | None = None  # unsafe-concept text for SLD; None: the paper's default
@@ -60,6 +60,7 @@ class EditRequest:
     seed: int | None = None  # None: a random seed, reported in the result
     num_candidates: int = 1  # images per request, seeds seed, seed+1, ...
     scheduler: str = "euler"  # euler or dpmpp_2m
+    fast: str | None = None  # a few-step LoRA preset (fast.FAST_PRESETS); sets steps, guidance and sampler
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class EditResult:
     seeds: list[int]  # one per image; images and seeds are ordered best score first
     prompt: str  # the exact prompt SDXL received
     prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77)
+    prompt_2: str  # what the second encoder received: the prompt, then the quality words that fit
+    prompt_2_tokens: int  # its token count as tokenizer_2 reads it (weight marks left out, <= 77)
     mood: str
     negative_prompt: str
     mask: np.ndarray  # the new background's weight in the composite, float32 (H, W) in [0, 1]; 0 = photo kept exactly

@@ -20,9 +20,13 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
 from fake_ollama import FakeOllama  # noqa: E402
-from tiny_models import build_clip_tokenizer, save_tiny_sam, save_tiny_sdxl  # noqa: E402
+from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
 from pipelines.settings import Settings  # noqa: E402
+
+register_tiny_sam()  # the test-only SAM variant "tiny", in the registry like vit_h, vit_l, vit_b
+# ... and in the processes the tests start that keep this PYTHONPATH (Ray workers): see tests/site.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS / "site"), os.environ.get("PYTHONPATH")]))
 
 TINY_WORKING_PIXELS = 128 * 128  # latents of 16x16: fast on a CPU
 
@@ -61,6 +65,7 @@ def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> 
     return Settings(
         sdxl_model=str(tiny_sdxl_dir),
         sam_checkpoint=tiny_sam_checkpoint,
+        sam_model_type="tiny",
         sam_auto_download=False,
         checkpoint_dir=tmp_path / "checkpoints",
         output_dir=tmp_path / "outputs",
@@ -97,5 +102,8 @@ def tiny_env(tiny_settings) -> dict:
         "BACKDROP_OUTPUT_DIR": str(s.output_dir), "OLLAMA_HOST": s.ollama_host,
         "BACKDROP_OLLAMA_TIMEOUT": str(s.ollama_timeout), "BACKDROP_DEVICE": "cpu",
         "BACKDROP_WORKING_PIXELS": str(s.working_pixels), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+        # tests/site/sitecustomize.py registers the tiny SAM variant in the started process; the
+        # settings keep vit_h, and the checkpoint loads as the variant it is, with a notice.
+        "PYTHONPATH": env["PYTHONPATH"],  # holds tests/site (above)
     })
     return env

@@ -87,6 +87,21 @@ def test_bad_input_exits_2_with_one_line(tiny_env, tmp_path, photo_path, args, m
     assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), done.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--concept", "x", "--concept-type", "object", "--name", "../evil"],
+     "error: erased encoder name '../evil' is not valid: use letters, digits, '-' and '_'"),
+    (["--concept", "x", "--concept-type", "painter"], "error: argument --concept-type: invalid choice: 'painter'"),
+    (["--concept", "x", "--concept-type", "object", "--base", "sd14"],
+     "error: --base sd14 needs --model (an SD 1.x diffusers folder or model id)"),
+    (["--concept", " ", "--concept-type", "style"], "error: concept is empty"),
+])
+def test_erase_bad_input_exits_2_before_loading(tiny_env, tmp_path, args, message):
+    done = _run(["erase", *args], tiny_env, tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+
+
 def test_non_image_is_refused(tiny_env, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("not a photo")

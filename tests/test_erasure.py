@@ -9,7 +9,6 @@ anchors' mean output (see ErasureReport), so they measure what tells prompts apa
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
@@ -19,19 +18,15 @@ import torch
 from PIL import Image
 
 from pipelines import erasure
-from pipelines.erasure import (
+from pipelines.__main__ import build_parser, cmd_erase
+from pipelines.erasure import concept_slug, list_erased, load_erased_encoders, save_erased, with_erased_encoders
+from pipelines.erasure_training import (
     CONCEPT_TYPES,
     ErasureConfig,
-    add_erase_arguments,
     anchor_prompts,
     concept_prompts,
-    concept_slug,
-    list_erased,
-    load_erased_encoders,
-    run_erase,
-    save_erased,
+    concept_token_start,
     train_erasure,
-    with_erased_encoders,
 )
 from pipelines.settings import Settings
 
@@ -52,7 +47,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_encoders(tiny_sdxl_dir):
-    """The tiny SDXL's tokenizers and text encoders, loaded as run_erase loads them (float32)."""
+    """The tiny SDXL's tokenizers and text encoders, loaded as erase_concept loads them (float32)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     return {
@@ -132,7 +127,9 @@ def test_config_defaults_by_concept_type():
 def test_loss_falls_and_progress_is_reported(erased):
     report = erased["report"]
     assert report.steps == TINY_EPOCHS * 3 == len(report.losses)  # 12 prompts in batches of 4
-    assert report.losses[0] == pytest.approx(2.0, abs=0.1)  # concept term ~2 at the start, anchors 0
+    # The concept term starts a little under 2 (the target's variance, 1, plus the concept positions'
+    # own spread, mostly padding), the anchor term at 0.
+    assert report.losses[0] == pytest.approx(1.85, abs=0.1)
     assert report.lr == TINY_LR and report.epochs == TINY_EPOCHS
     assert report.losses[-1] < report.losses[0] / 2
     assert report.concept_losses[-1] < report.concept_losses[0] / 2
@@ -160,6 +157,57 @@ def test_concept_moves_to_target_and_anchors_stay(erased):
         assert rep["concept_distance_to_target"] < 0.8
     text = report.summary()
     assert f"{report.concept_cosine_to_original:.3f}" in text and f"{report.anchor_cosine_to_original:.4f}" in text
+
+
+def test_concept_token_start_per_prompt_and_tokenizer(tiny_encoders):
+    tok, tok_2 = tiny_encoders["tokenizer"], tiny_encoders["tokenizer_2"]
+    cases = {"van gogh": 1, "a painting by van gogh": 4, "a city street at night, in the style of van gogh": 11,
+             "Art by Van Gogh": 3, "two van goghs at night": 2,
+             "thevan gogh": 1}  # glued to the word before: the concept starts with that word's token
+    for prompt, start in cases.items():
+        assert [concept_token_start(t, prompt, CONCEPT) for t in (tok, tok_2)] == [start, start], prompt
+    with pytest.raises(ValueError, match="does not occur"):
+        concept_token_start(tok, "a painting by Monet", CONCEPT)
+
+
+def test_erase_loss_ignores_positions_before_the_concept():
+    """Issue 12.4: the erase term's gradient is exactly zero before each prompt's concept start."""
+    from pipelines.erasure_training import _loss
+
+    rep = torch.randn(2, 77, 8, requires_grad=True)
+    masks = {"hidden_1": torch.arange(77)[None, :] >= torch.tensor([[1], [4]])}  # starts 1 and 4
+    loss = _loss({"hidden_1": rep}, {"hidden_1": torch.zeros(77, 8)}, masks, {"hidden_1": 2.0})
+    loss.backward()
+    assert torch.equal(rep.grad[:, 0], torch.zeros(2, 8)) and torch.equal(rep.grad[1, :4], torch.zeros(4, 8))
+    assert bool((rep.grad[0, 1:] != 0).all()) and bool((rep.grad[1, 4:] != 0).all())
+    expected = (rep[masks["hidden_1"]] ** 2).mean() / 2.0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_unrelated_prompts_keep_the_positions_before_the_concept(tiny_encoders, erased):
+    """CLIP is causal, so before the concept a concept prompt is any prompt that starts the same way:
+    pulling those positions to the target (as before issue 12.4) made "a painting by ..." drift for
+    every prompt. Measured with 30 epochs: positions 1..3 of "a painting by Claude Monet" change by
+    0.20 and 0.18 of their norm (first, second encoder), 0.81 and 0.55 when the loss covered them; the
+    concept prompts' prefix drift (ErasureReport) 0.30 against 0.74 / 0.61. The weights are shared by every position, so drift is
+    smaller, never zero."""
+    unrelated, concept = "a painting by Claude Monet", f"a painting by {CONCEPT}"
+    pairs = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+    for enc, tok in pairs:
+        def hidden(model, prompt):
+            ids = tiny_encoders[tok]([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+            with torch.no_grad():
+                return model(ids, output_hidden_states=True).hidden_states[-2][0]
+
+        before, after = hidden(tiny_encoders[enc], unrelated), hidden(erased[enc], unrelated)
+        assert torch.allclose(after[:4], hidden(erased[enc], concept)[:4], atol=1e-5)  # causal
+        drift = float((after[1:4] - before[1:4]).norm() / before[1:4].norm())  # "a painting by"
+        assert drift < 0.3, (enc, drift)
+    report = erased["report"]
+    assert report.per_representation["hidden_1"]["prefix_drift"] < 0.45
+    assert report.per_representation["hidden_2"]["prefix_drift"] < 0.45
+    assert report.prefix_drift < 0.45 and 0.0 < report.unrelated_drift < 0.6
+    assert f"drift of unrelated prompts never trained on {report.unrelated_drift:.4f}" in report.summary()
 
 
 def test_only_attention_and_mlp_weights_train(tiny_encoders, erased):
@@ -284,9 +332,10 @@ def components(tiny_sdxl_dir):
 def test_with_erased_encoders_leaves_the_original_untouched(components, erased, erased_dir):
     te1_before, te2_before = _state(components.text_encoder), _state(components.text_encoder_2)
     original_te1, original_te2 = components.text_encoder, components.text_encoder_2
-    assert with_erased_encoders(components, None, erased_dir) is components
+    assert with_erased_encoders(components, None, erased_dir) == (components, [])
 
-    swapped = with_erased_encoders(components, "van-gogh", erased_dir)
+    swapped, notices = with_erased_encoders(components, "van-gogh", erased_dir)
+    assert notices == []  # trained on this very model
     assert swapped is not components and type(swapped) is type(components)
     assert swapped.unet is components.unet and swapped.vae is components.vae  # shared, not reloaded
     assert swapped.tokenizer is components.tokenizer and swapped.model_id == components.model_id
@@ -297,7 +346,7 @@ def test_with_erased_encoders_leaves_the_original_untouched(components, erased, 
     assert components.text_encoder is original_te1 and components.text_encoder_2 is original_te2
     assert _equal_states(_state(components.text_encoder), te1_before)
     assert _equal_states(_state(components.text_encoder_2), te2_before)
-    assert with_erased_encoders(components, "van-gogh", erased_dir).text_encoder is swapped.text_encoder  # cached
+    assert with_erased_encoders(components, "van-gogh", erased_dir)[0].text_encoder is swapped.text_encoder  # cached
     with pytest.raises(ValueError, match=r"unknown erased encoder '\.\./\.\./etc'"):
         with_erased_encoders(components, "../../etc", erased_dir)
 
@@ -306,6 +355,77 @@ def test_sd14_entry_is_refused_for_sdxl(tmp_path, components, erased):
     save_erased(tmp_path / "old", erased["text_encoder"], None, {"concept": "x", "base": "sd14"})
     with pytest.raises(ValueError, match="trained for SD 1.4"):
         with_erased_encoders(components, "old", tmp_path)
+
+
+def _other_base_pair(erased):
+    """The erased pair as if trained on another model: frozen weights that differ from the tiny SDXL's."""
+    te1, te2 = copy.deepcopy(erased["text_encoder"]), copy.deepcopy(erased["text_encoder_2"])
+    with torch.no_grad():
+        for name, param in te2.named_parameters():
+            if name.endswith("embeddings.position_embedding.weight"):
+                param.add_(0.01)
+    return te1, te2
+
+
+def test_a_pair_from_another_base_model_gives_a_notice(tmp_path, components, erased):
+    te1, te2 = _other_base_pair(erased)
+    save_erased(tmp_path / "other", te1, te2, {"concept": CONCEPT, "base": "sdxl", "base_model": "someone/other-sdxl"})
+    swapped, notices = with_erased_encoders(components, "other", tmp_path)
+    assert notices == [f"erased encoder 'other' was trained on someone/other-sdxl, not on the loaded SDXL "
+                       f"{components.model_id} (their text encoders differ): the concept may not be erased "
+                       "and other prompts may change"]
+    assert swapped.text_encoder_2 is not components.text_encoder_2  # still swapped in: a notice, not a refusal
+    # The same weights recorded under another name of the model (a hub id for a local copy): no notice.
+    save_erased(tmp_path / "same", erased["text_encoder"], erased["text_encoder_2"],
+                {"concept": CONCEPT, "base": "sdxl", "base_model": "stabilityai/stable-diffusion-xl-base-1.0"})
+    assert with_erased_encoders(components, "same", tmp_path)[1] == []
+    # Swapping again from swapped components compares with the originals, not with the pair in place.
+    assert with_erased_encoders(swapped, "same", tmp_path)[0].original_text_encoder_2 is components.text_encoder_2
+
+
+def test_the_base_model_notice_reaches_the_edit_result(tiny_settings, erased):
+    from conftest import make_photo
+
+    from pipelines.editing import run_edit
+    from pipelines.types import EditRequest
+
+    te1, te2 = _other_base_pair(erased)
+    save_erased(tiny_settings.erased_dir / "other", te1, te2, {"concept": CONCEPT, "base": "sdxl"})
+    photo = make_photo(64, 64)
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, 32:] = 1.0
+    request = EditRequest(image=photo, mask=mask, prompt="a forest", erased="other", num_inference_steps=1, seed=0)
+    result = run_edit(request, tiny_settings, save=False)
+    assert f"erased encoder 'other' was trained on an unknown model, not on the loaded SDXL {tiny_settings.sdxl_model} " \
+           "(their text encoders differ): the concept may not be erased and other prompts may change" in result.notices
+
+
+def test_sld_concept_is_encoded_by_the_original_encoders(components, erased_dir):
+    """Issue 12.3: with an erased pair active, SLD's concept goes through the ORIGINAL encoders (the
+    erased ones map it to noise), while the prompt goes through the erased ones."""
+    from pipelines.blending import blend, encode_prompt
+    from pipelines.safety import get_preset
+
+    swapped, _ = with_erased_encoders(components, "van-gogh", erased_dir)
+    concept, prompt = f"in the style of {CONCEPT}", "a misty pine forest at dawn"
+    seen = []
+    hook = components.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["encoder_hidden_states"].clone(),
+                                                  kwargs["added_cond_kwargs"]["text_embeds"].clone())),
+        with_kwargs=True)
+    image, mask = _photo_and_mask()
+    try:
+        blend(swapped, image, mask, prompt, num_inference_steps=2, seeds=[0], safety=get_preset("medium"),
+              sld_concept=concept)
+    finally:
+        hook.remove()
+    hidden, pooled = seen[0]  # slots: [negative, prompt, concept]
+    original_hidden, original_pooled = encode_prompt(components, concept)
+    assert hidden.shape[0] == 3
+    assert torch.equal(hidden[2:3], original_hidden) and torch.equal(pooled[2:3], original_pooled)
+    assert torch.equal(hidden[1:2], encode_prompt(swapped, prompt)[0])
+    erased_hidden = encode_prompt(swapped, concept)[0]
+    assert float((erased_hidden - original_hidden).abs().mean()) > 0.1  # so which encoders matters
 
 
 def _photo_and_mask():
@@ -320,7 +440,7 @@ def test_erased_encoders_change_the_edit_and_toggling_back_is_exact(components, 
     from pipelines.blending import blend
 
     image, mask = _photo_and_mask()
-    swapped = with_erased_encoders(components, "van-gogh", erased_dir)
+    swapped, _ = with_erased_encoders(components, "van-gogh", erased_dir)
 
     def edit(comps, prompt):
         result = blend(comps, image, mask, prompt, num_inference_steps=2, seeds=[0])
@@ -329,7 +449,7 @@ def test_erased_encoders_change_the_edit_and_toggling_back_is_exact(components, 
     concept = "in the style of van gogh"
     before, before_latents = edit(components, concept)
     with_erased, erased_latents = edit(swapped, concept)
-    after, after_latents = edit(with_erased_encoders(components, None, erased_dir), concept)
+    after, after_latents = edit(with_erased_encoders(components, None, erased_dir)[0], concept)
 
     # Switching back is bit-identical to never having switched.
     assert np.array_equal(before, after) and torch.equal(before_latents, after_latents)
@@ -347,15 +467,14 @@ def test_erased_encoders_change_the_edit_and_toggling_back_is_exact(components, 
 # ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
-def test_run_erase_end_to_end(tmp_path, tiny_sdxl_dir, capsys):
-    parser = argparse.ArgumentParser()
-    add_erase_arguments(parser)
+def test_erase_command_end_to_end(tmp_path, tiny_sdxl_dir, capsys):
+    parser = build_parser()
     settings = Settings(sdxl_model=str(tiny_sdxl_dir), checkpoint_dir=tmp_path / "ckpt", device="cpu")
-    args = parser.parse_args(["--concept", "Van Gogh", "--concept-type", "style", "--epochs", "3",
+    args = parser.parse_args(["erase", "--concept", "Van Gogh", "--concept-type", "style", "--epochs", "3",
                               "--lr", str(TINY_LR)])
     assert (args.name, args.force, args.base, args.seed) == (None, False, "sdxl", 0)
 
-    assert run_erase(args, settings) == 0
+    assert cmd_erase(args, settings) == 0
     out, err = capsys.readouterr()
     entry = settings.erased_dir / "van-gogh"
     for sub in ("text_encoder", "text_encoder_2"):
@@ -377,19 +496,19 @@ def test_run_erase_end_to_end(tmp_path, tiny_sdxl_dir, capsys):
 
     # An existing name is refused before any training, unless --force.
     with pytest.raises(ValueError, match="already exists.*--force"):
-        run_erase(args, settings)
-    forced = parser.parse_args(["--concept", "Van Gogh", "--concept-type", "style", "--epochs", "1",
+        cmd_erase(args, settings)
+    forced = parser.parse_args(["erase", "--concept", "Van Gogh", "--concept-type", "style", "--epochs", "1",
                                 "--lr", str(TINY_LR), "--force", "--seed", "1"])
-    assert run_erase(forced, settings) == 0
+    assert cmd_erase(forced, settings) == 0
     record = json.loads((entry / "erasure.json").read_text(encoding="utf-8"))
     assert (record["steps"], record["seed"]) == (3, 1)
     # The cache notices the new record and loads the new weights.
     assert load_erased_encoders("van-gogh", settings.erased_dir)[1] is not saved_te2
 
-    named = parser.parse_args(["--concept", "x", "--concept-type", "object", "--name", "../evil"])
+    named = parser.parse_args(["erase", "--concept", "x", "--concept-type", "object", "--name", "../evil"])
     with pytest.raises(ValueError, match="not valid"):
-        run_erase(named, settings)
-    sd14 = parser.parse_args(["--concept", "x", "--concept-type", "object", "--base", "sd14"])
+        cmd_erase(named, settings)
+    sd14 = parser.parse_args(["erase", "--concept", "x", "--concept-type", "object", "--base", "sd14"])
     with pytest.raises(ValueError, match="needs --model"):
-        run_erase(sd14, settings)
+        cmd_erase(sd14, settings)
     assert erasure.list_erased(settings.erased_dir) == ["van-gogh"]

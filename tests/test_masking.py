@@ -1,5 +1,6 @@
-"""Click-to-mask: the tiny SAM through the real loader and predictor, refinement areas, GrabCut,
-checkpoint download against a local HTTP server, and concurrent sessions."""
+"""Click-to-mask: the tiny SAM (a registered variant) through the real loader and predictor,
+refinement areas, GrabCut, checkpoint download against a local HTTP server, the one shared
+predictor, and concurrent sessions."""
 
 from __future__ import annotations
 
@@ -15,18 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import masking
-from pipelines.masking import (
-    MaskPredictor,
-    ensure_sam_checkpoint,
-    get_predictor,
-    grabcut_mask,
-    load_sam,
-    overlay,
-    predict_masks,
-    refine_mask,
-    sam_status,
-)
+from pipelines import downloads, masking, sam_models
+from pipelines.downloads import ensure_sam_checkpoint
+from pipelines.masking import MaskPredictor, grabcut_mask, overlay, predict_masks, refine_mask
+from pipelines.sam_models import get_predictor, load_sam, sam_status
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint
 
@@ -59,7 +52,7 @@ def square(size=(80, 80), top=30, left=30, side=20) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_sam(tiny_sam_checkpoint):
-    return load_sam(tiny_sam_checkpoint, "vit_h", "cpu")
+    return load_sam(tiny_sam_checkpoint, "tiny", "cpu")
 
 
 def count_encoder_calls(monkeypatch, sam) -> list[int]:
@@ -77,7 +70,7 @@ def count_encoder_calls(monkeypatch, sam) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------
-def test_load_sam_infers_the_tiny_architecture(tiny_sam, tiny_sam_checkpoint):
+def test_load_sam_builds_the_registered_tiny_variant(tiny_sam, tiny_sam_checkpoint):
     encoder = tiny_sam.image_encoder
     assert encoder.img_size == 256
     assert len(encoder.blocks) == 2
@@ -85,28 +78,28 @@ def test_load_sam_infers_the_tiny_architecture(tiny_sam, tiny_sam_checkpoint):
     assert [block.window_size for block in encoder.blocks] == [4, 0]  # block 1 is global
     assert tiny_sam.mask_decoder.transformer.layers[0].self_attn.num_heads == 2
     assert tiny_sam.mask_decoder.transformer.layers[0].mlp.lin1.out_features == 64
-    assert tiny_sam.backdrop_type == "custom"
-    assert tiny_sam.backdrop_notices == [
-        "the SAM checkpoint is not an official vit_h model (image 256 px, encoder width 32, depth 2, "
-        "prompt width 32): loaded as it is"]
     assert not tiny_sam.training
     saved = torch.load(tiny_sam_checkpoint, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in tiny_sam.state_dict().items())
-    assert load_sam(tiny_sam_checkpoint, "vit_h", "cpu") is tiny_sam  # cached
+    # Nothing is inferred from shapes: as another variant the file is refused, naming the one it fits.
+    with pytest.raises(RuntimeError) as info:
+        load_sam(tiny_sam_checkpoint, "vit_h", "cpu")
+    assert str(info.value) == (f"SAM checkpoint {tiny_sam_checkpoint} is a tiny model, not vit_h: "
+                               "set BACKDROP_SAM_MODEL_TYPE=tiny")
 
 
 @pytest.mark.parametrize("model_type", ["vit_h", "vit_l", "vit_b"])
-def test_official_architectures_are_recognised_from_shapes(model_type):
+def test_official_variants_are_checked_against_the_registry(model_type):
     from segment_anything import sam_model_registry
 
     with torch.device("meta"):  # shapes only: no memory, no time
         state = sam_model_registry[model_type]().state_dict()
-    config = masking._infer_sam_config(state)
-    assert config == masking.OFFICIAL_SAM_CONFIGS[model_type]
-    assert masking._resolve_sam_type(config, model_type) == (model_type, [])
+    sam_models.check_state_dict(state, model_type)  # fits: no error
     other = "vit_h" if model_type != "vit_h" else "vit_b"
-    assert masking._resolve_sam_type(config, other) == (
-        model_type, [f"the SAM checkpoint is a {model_type} model, not {other}: loaded as {model_type}"])
+    with pytest.raises(RuntimeError) as info:
+        sam_models.check_state_dict(state, other, "sam.pth")
+    assert str(info.value) == (f"SAM checkpoint sam.pth is a {model_type} model, not {other}: "
+                               f"set BACKDROP_SAM_MODEL_TYPE={model_type}")
 
 
 def test_bad_checkpoints_give_one_clear_line(tmp_path, tiny_sam_checkpoint):
@@ -126,10 +119,10 @@ def test_bad_checkpoints_give_one_clear_line(tmp_path, tiny_sam_checkpoint):
     mismatched = tmp_path / "mismatched.pth"
     torch.save(state, mismatched)
     with pytest.raises(RuntimeError) as info:
-        load_sam(mismatched)
+        load_sam(mismatched, "tiny")
     message = str(info.value)
     assert "\n" not in message
-    assert "does not fit the custom architecture" in message
+    assert "does not fit the tiny architecture" in message
     assert "missing prompt_encoder.not_a_point_embed.weight" in message
     assert "mask_decoder.iou_token.weight is (1, 16), expected (1, 32)" in message
 
@@ -447,13 +440,14 @@ def register(monkeypatch, data: bytes, size: int | None = None) -> str:
     """Make a test-only 'official' name for `data`, torch-hub style (hash prefix in the name)."""
     prefix = hashlib.sha256(data).hexdigest()[:6]
     name = f"sam_test_{prefix}.pth"
-    monkeypatch.setitem(masking.SAM_DOWNLOADS, name, (prefix, len(data) if size is None else size))
+    monkeypatch.setitem(downloads.SAM_DOWNLOADS, name, (prefix, len(data) if size is None else size))
     return name
 
 
-def settings_for(path: Path, base: str = "http://127.0.0.1:9/", auto: bool = True) -> Settings:
+def settings_for(path: Path, base: str = "http://127.0.0.1:9/", auto: bool = True,
+                 variant: str = "vit_h") -> Settings:
     return Settings(sam_checkpoint=path, sam_download_base=base, sam_auto_download=auto,
-                    checkpoint_dir=path.parent, device="cpu")
+                    checkpoint_dir=path.parent, device="cpu", sam_model_type=variant)
 
 
 def test_download_good_file(tmp_path, monkeypatch, file_server):
@@ -483,14 +477,17 @@ def test_download_bad_hash_wrong_size_and_missing_leave_nothing(tmp_path, monkey
     server = file_server({name: data})
     with pytest.raises(RuntimeError, match=rf"is {len(data)} bytes, expected {len(data) + 1}"):
         ensure_sam_checkpoint(settings_for(tmp_path / name, server.url))
-    # The connection ends before Content-Length: a short file is never moved into place.
+    with pytest.raises(RuntimeError, match="HTTP 404"):
+        ensure_sam_checkpoint(settings_for(tmp_path / "sam_vit_b_01ec64.pth", server.url))
+    assert list(tmp_path.iterdir()) == []
+    # The connection ends before Content-Length: a short file is never moved into place; what came
+    # is kept as <name>.part for the next try to resume (see test_downloads.py).
     name = register(monkeypatch, data)
     server = file_server({name: data[:500]}, content_length={name: len(data)})
     with pytest.raises(RuntimeError, match="could not download|stopped at"):
         ensure_sam_checkpoint(settings_for(tmp_path / name, server.url))
-    with pytest.raises(RuntimeError, match="HTTP 404"):
-        ensure_sam_checkpoint(settings_for(tmp_path / "sam_vit_b_01ec64.pth", server.url))
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.part"]
+    assert (tmp_path / f"{name}.part").read_bytes() == data[:500]
 
 
 def test_download_connection_refused_fails_fast(tmp_path, monkeypatch):
@@ -515,36 +512,39 @@ def test_get_predictor_downloads_and_loads_a_checkpoint(tmp_path, monkeypatch, f
     data = tiny_sam_checkpoint.read_bytes()
     name = register(monkeypatch, data)
     server = file_server({name: data})
-    settings = settings_for(tmp_path / "checkpoints" / name, server.url)
-    assert sam_status(settings) == f"SAM vit_h on cpu (downloads {name} on the first click)"
+    settings = settings_for(tmp_path / "checkpoints" / name, server.url, variant="tiny")
+    assert sam_status(settings) == (f"SAM tiny on cpu (downloads {name}, "
+                                    f"{downloads.format_size(len(data))}, on the first click)")
 
     predictor, notices = get_predictor(settings)
     assert isinstance(predictor, MaskPredictor) and predictor.cache_size == settings.sam_cache_size
-    assert notices[0].startswith("the SAM checkpoint is not an official vit_h model")
-    assert get_predictor(settings)[0] is predictor and server.hits == 1
-    assert sam_status(settings) == "SAM custom on cpu"
+    assert predictor.variant == "tiny" and notices == []
+    assert get_predictor(settings)[0] is predictor and server.hits == 1  # the one cache
+    assert sam_status(settings) == "SAM tiny on cpu"
     result = predict_masks(noise_photo(64, 48, 3), [ClickPoint(10, 10, 1)], predictor)
     assert result.method == "sam" and result.masks.shape == (3, 48, 64)
 
 
-def test_get_predictor_falls_back_without_retrying(tmp_path, monkeypatch, file_server, tiny_sam_checkpoint):
+def test_get_predictor_falls_back_and_retries_on_the_next_call(tmp_path, monkeypatch, file_server,
+                                                                tiny_sam_checkpoint):
     name = register(monkeypatch, b"missing on the server")
     server = file_server({})
     dest = tmp_path / name
-    settings = settings_for(dest, server.url)
+    settings = settings_for(dest, server.url, variant="tiny")
     predictor, notices = get_predictor(settings)
     assert predictor is None and len(notices) == 1 and "HTTP 404" in notices[0]
-    assert get_predictor(settings) == (None, notices) and server.hits == 1  # remembered, no retry per click
+    assert get_predictor(settings) == (None, notices) and server.hits == 2  # not pinned: asked again
     assert sam_status(settings).startswith("GrabCut fallback: SAM unavailable: could not download")
+    assert sam_status(settings).endswith("; SAM is tried again on the next photo")
 
     off = settings_for(tmp_path / "sam_vit_h_4b8939.pth", auto=False)
-    assert sam_status(off) == (f"GrabCut fallback: no SAM checkpoint at {tmp_path}/sam_vit_h_4b8939.pth "
-                               f"(put sam_vit_h_4b8939.pth in {tmp_path}/)")
+    hint = (f"put sam_vit_h_4b8939.pth in {tmp_path}/, or run `python -m pipelines download sam`: 2.6 GB")
+    assert sam_status(off) == f"GrabCut fallback: no SAM checkpoint at {tmp_path}/sam_vit_h_4b8939.pth ({hint})"
     assert get_predictor(off) == (None, [f"SAM unavailable: SAM checkpoint {tmp_path}/sam_vit_h_4b8939.pth "
                                          "does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off"])
     assert sam_status(off) == (f"GrabCut fallback: SAM unavailable: SAM checkpoint {tmp_path}/sam_vit_h_4b8939.pth "
                                f"does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off "
-                               f"(put sam_vit_h_4b8939.pth in {tmp_path}/)")
+                               f"({hint}); SAM is tried again on the next photo")
 
     # An unusable file is a notice too, and a replaced file is tried again.
     dest.write_bytes(b"not a checkpoint")
@@ -552,3 +552,14 @@ def test_get_predictor_falls_back_without_retrying(tmp_path, monkeypatch, file_s
     assert predictor is None and "is not a readable PyTorch file" in notices[0]
     dest.write_bytes(tiny_sam_checkpoint.read_bytes())
     assert isinstance(get_predictor(settings)[0], MaskPredictor)
+
+
+def test_a_checkpoint_of_another_registered_variant_loads_as_that_variant(tmp_path, tiny_sam_checkpoint):
+    settings = settings_for(tiny_sam_checkpoint, auto=False, variant="vit_h")
+    predictor, notices = get_predictor(settings)
+    notice = "the SAM checkpoint is a tiny model, not vit_h: loaded as tiny (set BACKDROP_SAM_MODEL_TYPE=tiny)"
+    assert predictor.variant == "tiny" and predictor.notices == notices == [notice]
+    assert get_predictor(settings) == (predictor, [])  # said once, with the load; the status line keeps it
+    assert sam_status(settings) == f"SAM tiny on cpu ({notice})"
+    result = predict_masks(noise_photo(64, 48, 4), [ClickPoint(10, 10, 1)], predictor)
+    assert result.method == "sam"

@@ -17,7 +17,6 @@ import psutil
 import pytest
 from conftest import make_photo
 
-from pipelines import masking
 from pipelines import studio as studio_module
 from pipelines.blending import Cancelled
 from pipelines.studio import Studio
@@ -96,10 +95,10 @@ def growth(rows: list[SoakRow], warm_up: int = WARM_UP) -> float:
 
 def test_thirty_edits_two_sessions_and_a_cancel_keep_memory_flat(tiny_settings, fake_ollama):
     # The post-hoc nudity check costs 0.5 s per edit and keeps nothing per edit: off here, on in the bench.
-    settings = dataclasses.replace(tiny_settings, safety_checker="off")
-    # Its own predictor over the shared SAM weights: other tests count the shared one's embeddings.
-    shared, _ = masking.get_predictor(settings)
-    studio = Studio(settings, predictor=masking.MaskPredictor(shared.sam, settings.sam_cache_size))
+    # A SAM cache size of its own gives the soak its own predictor: other tests count the shared
+    # one's embeddings.
+    settings = dataclasses.replace(tiny_settings, safety_checker="off", sam_cache_size=3)
+    studio = Studio(settings)
     rows = soak(studio, 30, cancel_at=15)
     assert [r.outcome for r in rows].count("cancelled") == 1 and rows[14].outcome == "cancelled"
     assert growth(rows) < MAX_GROWTH, [(r.edit, r.rss >> 20) for r in rows]

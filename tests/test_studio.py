@@ -50,3 +50,21 @@ def test_cancel_stops_the_sessions_edit_and_the_next_edit_works(tiny_settings):
     assert studio.cancel("me") is False  # nothing is running any more
     result = studio.edit(dataclasses.replace(request, num_inference_steps=2), "me")
     assert len(result.images) == 1 and result.seeds == [3]
+
+
+def test_a_failed_sam_load_is_tried_again_with_the_next_photo(tiny_settings, tmp_path, tiny_sam_checkpoint):
+    missing = tmp_path / "later" / "sam_tiny.pth"
+    studio = Studio(dataclasses.replace(tiny_settings, sam_checkpoint=missing))
+    first = studio.predict(studio.add_photo(make_photo(seed=1)), [ClickPoint(80, 60)])
+    assert first.method == "grabcut"
+    assert first.notices[0] == (f"SAM unavailable: SAM checkpoint {missing} does not exist (only the official "
+                                "files sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth are downloaded)")
+    assert studio.status_lines()[0].endswith("; SAM is tried again on the next photo")
+
+    missing.parent.mkdir()
+    missing.write_bytes(tiny_sam_checkpoint.read_bytes())  # put in place while the page runs
+    second = studio.predict(studio.add_photo(make_photo(seed=2)), [ClickPoint(80, 60)])
+    assert second.method == "sam" and second.notices == []
+    predictor, _ = studio.predictor()
+    assert predictor.embed_count == 1  # the second photo, embedded at upload by the one shared predictor
+    assert studio.status_lines()[0] == "SAM tiny on cpu"

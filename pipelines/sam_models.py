@@ -1,0 +1,260 @@
+"""Segment Anything models: the variants, loading a checkpoint, and the one cache of the predictor.
+
+    SAM_VARIANTS["vit_b"]()                         # an untrained vit_b (the registry: name -> builder)
+    sam = load_sam(path, "vit_b", "cuda")          # a checkpoint, checked against its variant
+    predictor, notices = get_predictor(settings)   # THE shared predictor (None: use GrabCut)
+
+`SAM_VARIANTS` is a plain dict, like segment-anything's `sam_model_registry`: each entry builds an
+untrained model. Other code (the tests' tiny model) adds its own entries; no architecture is inferred
+from a checkpoint's tensor shapes. `load_sam` refuses a checkpoint that does not fit its variant with
+one line naming the registered variant it does fit, if any; `get_predictor` then loads it as that
+variant and says so (a vit_b file given as vit_h still gives masks).
+
+`get_predictor` owns the only cache of the loaded model. A success is kept (until the checkpoint file
+changes); a failure is not: the next call (the page asks once per photo) tries again, so a download
+that failed while offline, or a checkpoint put in place later, is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import downloads
+from .masking import MaskPredictor
+from .settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segment_anything.modeling import Sam
+
+log = logging.getLogger(__name__)
+
+
+def _official(name: str) -> Callable[[], "Sam"]:
+    def build() -> "Sam":
+        from segment_anything import sam_model_registry
+
+        # checkpoint=None: segment_anything's own loader reads without map_location (a CUDA-saved
+        # file would fail on a CPU machine); `load_sam` reads the state dict itself.
+        return sam_model_registry[name](checkpoint=None)
+
+    build.__name__ = f"build_sam_{name}"
+    return build
+
+
+# name -> a function building the untrained model. The settings' variants are the official three.
+SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {name: _official(name) for name in ("vit_h", "vit_l", "vit_b")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading one checkpoint
+# ----------------------------------------------------------------------------------------------
+def load_sam(checkpoint: Path, variant: str = "vit_h", device: str = "cpu") -> "Sam":
+    """Load a Segment Anything model of a registered variant from a state-dict checkpoint.
+
+    Args:
+        checkpoint: a `.pth` file holding SAM's state dict (as the official downloads do).
+        variant: a key of `SAM_VARIANTS` (vit_h, vit_l, vit_b, or one registered by other code).
+        device: torch device string. Weights are read on the CPU, then moved there.
+
+    Returns:
+        The model in eval mode. Not cached: `get_predictor` keeps the one shared model.
+
+    Raises:
+        ValueError: `variant` is not registered.
+        RuntimeError: one line: the file is missing, unreadable, not a SAM state dict, or does not
+            fit `variant` (naming the registered variant it fits, when one does).
+    """
+    import torch
+
+    if variant not in SAM_VARIANTS:
+        raise ValueError(f"SAM model type {variant!r} is not one of {', '.join(SAM_VARIANTS)}")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise RuntimeError(f"SAM checkpoint {checkpoint} does not exist")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged files; all mean the same here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file ({first[:160]})") from err
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # some fine-tuning scripts wrap the state dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"SAM checkpoint {checkpoint} does not hold a state dict of tensors")
+    check_state_dict(state, variant, checkpoint)
+    sam = SAM_VARIANTS[variant]()
+    sam.load_state_dict(state, strict=True)
+    return sam.to(device).eval()
+
+
+class OtherVariant(RuntimeError):
+    """The checkpoint is another registered variant (`fits`) than the one asked for."""
+
+    def __init__(self, message: str, fits: str) -> None:
+        super().__init__(message)
+        self.fits = fits
+
+
+def check_state_dict(state: dict, variant: str, source: Path | str = "the checkpoint") -> None:
+    """Raise one clear line unless `state` has exactly the tensors of `variant` (names and shapes).
+
+    The variants are built on the meta device for this (no memory, well under a second for vit_h).
+
+    Raises:
+        OtherVariant: `state` fits another registered variant (named in the message and `fits`).
+        RuntimeError: `state` is not SAM's, or fits no registered variant.
+    """
+    marker = "image_encoder.patch_embed.proj.weight"
+    if marker not in state:
+        raise RuntimeError(f"SAM checkpoint {source} is not a Segment Anything checkpoint (no {marker})")
+    problems = _mismatches(state, variant)
+    if not problems:
+        return
+    fits = [other for other in SAM_VARIANTS if other != variant and not _mismatches(state, other)]
+    if fits:
+        raise OtherVariant(f"SAM checkpoint {source} is a {fits[0]} model, not {variant}: "
+                           f"set BACKDROP_SAM_MODEL_TYPE={fits[0]}", fits[0])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise RuntimeError(f"SAM checkpoint {source} does not fit the {variant} architecture: "
+                       f"{'; '.join(problems[:3])}{more}")
+
+
+def _mismatches(state: dict, variant: str) -> list[str]:
+    import torch
+
+    with torch.device("meta"):
+        expected = SAM_VARIANTS[variant]().state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# The one cache
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Slot:
+    """What `get_predictor` knows about one (checkpoint, variant, device, cache size)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    predictor: MaskPredictor | None = None
+    signature: tuple | None = None  # the checkpoint's (size, mtime) the predictor was loaded from
+    failure: str | None = None  # why the last attempt failed (for the status line; never blocks a retry)
+    progress: tuple[int, int] | None = None  # (bytes done, bytes total) while downloading
+
+
+_SLOTS: dict[tuple, _Slot] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slot(settings: Settings) -> tuple[_Slot, Path, str]:
+    path = Path(settings.sam_checkpoint).expanduser().resolve()
+    device = settings.resolve_device()
+    key = (str(path), settings.sam_model_type, device, settings.sam_cache_size)
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(key, _Slot()), path, device
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
+    """The shared `MaskPredictor` for these settings, or None with a notice saying why.
+
+    The first call downloads a missing official checkpoint (when allowed) and loads it. A loaded
+    predictor is returned again until the checkpoint file changes; what there is to say about it
+    (`predictor.notices`) comes with the call that loaded it, and stays in `sam_status`, rather
+    than with every photo or batch row. A failure is reported, not kept:
+    the next call tries again. While one caller downloads, others get None at once with the
+    progress in the notice (GrabCut meanwhile); while one loads (seconds), others wait for it.
+
+    Returns:
+        (predictor or None, notices). Never raises for a missing or unusable checkpoint.
+    """
+    slot, path, device = _slot(settings)
+    predictor = slot.predictor
+    if predictor is not None and slot.signature == _signature(path):
+        return predictor, []
+    if not slot.lock.acquire(blocking=False):
+        progress = slot.progress
+        if progress is not None:  # someone is downloading: GrabCut meanwhile, do not wait minutes
+            done, total = progress
+            return None, [f"the SAM checkpoint is downloading ({downloads.format_progress(done, total)}); "
+                          "masks come from GrabCut until then"]
+        slot.lock.acquire()  # someone is loading the weights: that takes seconds, wait for it
+    try:
+        if slot.predictor is not None and slot.signature == _signature(path):
+            return slot.predictor, []  # loaded by the caller this one waited for
+        _load_into(slot, settings, path, device)
+        if slot.predictor is not None:
+            return slot.predictor, list(slot.predictor.notices)
+        return None, [slot.failure]
+    finally:
+        slot.lock.release()
+
+
+def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None:
+    def on_progress(done: int, total: int) -> None:
+        slot.progress = (done, total)
+
+    slot.predictor = None
+    variant, notices = settings.sam_model_type, []
+    try:
+        checkpoint = downloads.ensure_sam_checkpoint(settings, on_progress=on_progress)
+        try:
+            sam = load_sam(checkpoint, variant, device)
+        except OtherVariant as err:  # usable as it is: masks now, and a line saying what to set
+            notices = [f"the SAM checkpoint is a {err.fits} model, not {variant}: loaded as {err.fits} "
+                       f"(set BACKDROP_SAM_MODEL_TYPE={err.fits})"]
+            variant = err.fits
+            sam = load_sam(checkpoint, variant, device)
+            log.warning(notices[0])
+    except RuntimeError as err:
+        slot.failure = f"SAM unavailable: {err}"
+        log.warning(slot.failure)
+        return
+    finally:
+        slot.progress = None
+    slot.predictor = MaskPredictor(sam, cache_size=settings.sam_cache_size, variant=variant, notices=notices)
+    slot.signature = _signature(path)
+    slot.failure = None
+
+
+def sam_status(settings: Settings) -> str:
+    """One line for the page on what makes the masks, and what is missing. Loads nothing.
+
+    Examples: "SAM vit_h on cuda", "SAM vit_h on cpu (loads on the first click)",
+    "GrabCut fallback: no SAM checkpoint at checkpoints/sam_vit_h_4b8939.pth (put sam_vit_h_4b8939.pth
+    in checkpoints/, or run `python -m pipelines download sam`: 2.6 GB)".
+    """
+    slot, _, device = _slot(settings)
+    path = Path(settings.sam_checkpoint)
+    variant = settings.sam_model_type
+    if slot.predictor is not None and slot.signature == _signature(path.expanduser().resolve()):
+        notices = slot.predictor.notices
+        return f"SAM {slot.predictor.variant} on {device}" + (f" ({notices[0]})" if notices else "")
+    if slot.progress is not None:
+        done, total = slot.progress
+        return f"SAM {variant}: downloading {path.name} ({downloads.format_progress(done, total)})"
+    hint = downloads.sam_checkpoint_hint(settings)
+    if slot.failure is not None and not path.is_file():
+        return f"GrabCut fallback: {slot.failure} ({hint}); SAM is tried again on the next photo"
+    if slot.failure is not None:
+        return f"GrabCut fallback: {slot.failure}; SAM is tried again on the next photo"
+    if path.is_file():
+        return f"SAM {variant} on {device} (loads on the first click)"
+    size = downloads.sam_download_size(path.name)
+    if settings.sam_auto_download and size is not None:
+        return f"SAM {variant} on {device} (downloads {path.name}, {downloads.format_size(size)}, on the first click)"
+    return f"GrabCut fallback: no SAM checkpoint at {path} ({hint})"
