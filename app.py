@@ -18,19 +18,78 @@ output folder itself is never served.
 # No `from __future__ import annotations` here: Gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request, gr.Progress) at run time to know what to pass them.
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import gradio as gr
+from gradio import processing_utils
 from PIL import Image
 
-from pipelines.page import (GenerateForm, PageState, candidate_choices, notices_markdown, preview,
-                            safety_markdown)
+from pipelines.page import (BRUSHES, GenerateForm, PageState, Stroke, candidate_choices, captions,
+                            guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
+                            safety_markdown, uploaded_subject)
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
-          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving"}
+          "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving",
+          "remote": "Running on the cluster"}
+MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black = keep**, as `--mask` and "
+             "inpainting tools read it (grey counts from 50 %). Masks where white is the *subject* (cutouts, "
+             "SAM, rembg): tick **Invert**. A click starts over from SAM; *Clear points* brings the mask back.")
+
+# The brush: a drag on the photo (while a brush is picked) is drawn on a canvas over it and, on
+# release, sent as JSON to the hidden #stroke box; the click that ends a drag does not reach SAM.
+# Coordinates are the preview's own pixels, as Gradio's select event gives them (the img is centred,
+# object-fit contain or scale-down).
+BRUSH_JS = """() => {
+  const brush = () => { const c = document.querySelector('#brush input:checked'); return c && c.value !== 'off' ? c.value : null; };
+  const photo = (e) => { const i = e.target; return i instanceof HTMLImageElement && i.closest('#photo') ? i : null; };
+  const toImage = (img, e) => {
+    const r = img.getBoundingClientRect(), fit = Math.max(img.naturalWidth / r.width, img.naturalHeight / r.height);
+    const s = getComputedStyle(img).objectFit === 'scale-down' ? Math.max(1, fit) : fit;  // natural px per CSS px
+    const ox = (r.width - img.naturalWidth / s) / 2, oy = (r.height - img.naturalHeight / s) / 2;
+    return [(e.clientX - r.left - ox) * s, (e.clientY - r.top - oy) * s, s];
+  };
+  let stroke = null, canvas = null, count = 0;
+  const drop = () => { if (canvas) { canvas.remove(); canvas = null; } };
+  window.addEventListener('pointerdown', (e) => {
+    const img = photo(e), kind = brush();
+    if (!img || !kind) return;
+    e.preventDefault(); e.stopPropagation(); drop();
+    const size = parseFloat(document.querySelector('#brush-size input[type=number]').value) || 20;
+    const r = img.getBoundingClientRect();
+    canvas = document.createElement('canvas');
+    canvas.width = r.width; canvas.height = r.height;
+    Object.assign(canvas.style, {position: 'absolute', left: (r.left + scrollX) + 'px', top: (r.top + scrollY) + 'px',
+                                 pointerEvents: 'none', zIndex: 1000});
+    document.body.appendChild(canvas);
+    const g = canvas.getContext('2d'), [, , s] = toImage(img, e);
+    g.strokeStyle = kind === 'add to subject' ? 'rgba(30,144,255,0.6)' : 'rgba(255,60,60,0.6)';
+    g.lineWidth = size / s; g.lineCap = g.lineJoin = 'round';
+    g.beginPath(); g.moveTo(e.clientX - r.left, e.clientY - r.top);
+    stroke = {img, g, r, brush: kind, size, points: [toImage(img, e).slice(0, 2)]};
+    img.addEventListener('load', drop, {once: true});  // the new preview replaces the drawn stroke
+  }, true);
+  window.addEventListener('pointermove', (e) => {
+    if (!stroke) return;
+    e.preventDefault();
+    stroke.points.push(toImage(stroke.img, e).slice(0, 2));
+    stroke.g.lineTo(e.clientX - stroke.r.left, e.clientY - stroke.r.top); stroke.g.stroke();
+  }, true);
+  window.addEventListener('pointerup', (e) => {
+    if (!stroke) return;
+    const box = document.querySelector('#stroke textarea');
+    box.value = JSON.stringify({n: ++count, brush: stroke.brush, size: stroke.size,  // n: never the same text twice
+                              points: stroke.points.map((p) => p.map((v) => Math.round(v * 10) / 10))});
+    box.dispatchEvent(new Event('input', {bubbles: true}));  // Gradio then sends a change event
+    stroke = null;
+  }, true);
+  // While a brush is picked, a press on the photo paints: no SAM click, no image drag.
+  for (const type of ['click', 'dragstart'])
+    window.addEventListener(type, (e) => { if (photo(e) && brush()) { e.preventDefault(); e.stopPropagation(); } }, true);
+}"""
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -46,10 +105,20 @@ class Page:
     click_label: gr.Radio
     undo: gr.Button
     clear: gr.Button
+    brush: gr.Radio
+    brush_size: gr.Slider
+    undo_stroke: gr.Button
+    clear_strokes: gr.Button
+    stroke: gr.Textbox  # hidden: the brush's script writes each finished stroke here (BRUSH_JS)
     candidate: gr.Radio
     grow: gr.Slider
     feather: gr.Slider
     edit: gr.Radio
+    edge: gr.Radio
+    mask_upload: gr.File
+    mask_invert: gr.Checkbox
+    mask_download: gr.Button
+    mask_file: gr.File
     mood: gr.Textbox
     keyword: gr.Textbox
     write: gr.Button
@@ -58,6 +127,7 @@ class Page:
     safety: gr.Slider
     safety_info: gr.Markdown
     erased: gr.Dropdown
+    fast: gr.Dropdown
     generate: gr.Button
     cancel: gr.Button
     concept: gr.Textbox
@@ -96,6 +166,8 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 
 def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
+    from pipelines.compositing import EDGE_MODES
+    from pipelines.fast import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
@@ -112,11 +184,34 @@ def build_layout(settings: Settings) -> Page:
                     w["click_label"] = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")
                     w["undo"] = gr.Button("Undo last point", size="sm")
                     w["clear"] = gr.Button("Clear points", size="sm")
+                with gr.Row():
+                    # interactive=True: no event reads them (the brush script does), and Gradio
+                    # renders an input that no event reads as read-only.
+                    w["brush"] = gr.Radio(["off", *BRUSHES], value="off", label="Brush (drag on the photo)",
+                                          elem_id="brush", interactive=True)
+                    w["brush_size"] = gr.Slider(2, 200, value=24, step=1, label="Brush size", elem_id="brush-size",
+                                                interactive=True)
+                    w["undo_stroke"] = gr.Button("Undo stroke", size="sm", elem_id="undo-stroke")
+                    w["clear_strokes"] = gr.Button("Clear strokes", size="sm")
+                w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
                 w["candidate"] = gr.Radio([], label="Mask candidate", type="value")
                 with gr.Row():
                     w["grow"] = gr.Slider(-32, 32, value=0, step=1, label="Grow / shrink")
                     w["feather"] = gr.Slider(0, 32, value=4, step=1, label="Feather")
-                w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
+                with gr.Row():
+                    w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
+                    w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
+                                         info="matte: soft edges (hair) lose the old background")
+                with gr.Row():
+                    with gr.Column():
+                        w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"], type="filepath",
+                                                   elem_id="mask-upload", height=120)
+                        w["mask_invert"] = gr.Checkbox(False, label="Invert (white = subject)", elem_id="mask-invert")
+                        gr.Markdown(MASK_HELP)
+                    with gr.Column():
+                        w["mask_download"] = gr.Button("Mask as PNG", size="sm", elem_id="mask-download")
+                        w["mask_file"] = gr.File(label="Mask (white = repaint)", elem_id="mask-file",
+                                                 interactive=False, height=120)
             with gr.Column(scale=2):
                 w["mood"] = gr.Textbox(label="Mood", placeholder="filled by LLaVA after upload; editable")
                 w["keyword"] = gr.Textbox(label="Background keyword", elem_id="keyword",
@@ -130,6 +225,9 @@ def build_layout(settings: Settings) -> Page:
                                         elem_id="safety")
                 w["safety_info"] = gr.Markdown(safety_markdown(min_level), elem_id="safety-info")
                 w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder")
+                w["fast"] = gr.Dropdown([("Off", "off")] + [(p.label, name) for name, p in FAST_PRESETS.items()],
+                                        value="off", label="Fast", elem_id="fast",
+                                        info="a few-step LoRA: sets its own steps, guidance and sampler")
                 with gr.Row():
                     w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
                     w["cancel"] = gr.Button("Cancel")
@@ -185,17 +283,18 @@ class Handlers:
         self.settings, self.studio, self.publish = settings, studio, publish
 
     def upload(self, path: str | None):
-        """-> state, photo, candidate, mood, notices. Starts SAM's embedding and LLaVA's mood."""
+        """-> state, photo, candidate, mood, notices, mask_upload (a new photo drops the old mask and
+        strokes). Starts SAM's embedding and LLaVA's mood."""
         from pipelines.images import load_image
 
         if path is None:
-            return PageState(), None, _candidates(PageState()), "", ""
+            return PageState(), None, _candidates(PageState()), "", "", None
         try:
             image = load_image(path, self.settings.max_image_pixels)
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
         state = PageState.for_photo(self.studio.add_photo(image), image)
-        return state, state.display, _candidates(state), "", "Click the subject."
+        return state, state.display, _candidates(state), "", "Click the subject.", None
 
     def mood(self, state: PageState, mood: str):
         """-> mood, notices, once LLaVA has read the photo (skipped when a mood was typed)."""
@@ -231,15 +330,80 @@ class Handlers:
         state = state.with_prediction(points, self.studio.predict(state.key, list(points)) if positive else None)
         return state, preview(state, self.studio.image(state.key).width, 0, grow), _candidates(state)
 
-    def clear(self, state: PageState):
-        """-> state, photo, candidate with no clicks."""
+    def clear(self, state: PageState, grow: int):
+        """-> state, photo, candidate with no clicks (an uploaded mask shows again)."""
+        if state.key is None:
+            return gr.skip(), gr.skip(), gr.skip()
         state = state.with_prediction((), None)
-        return state, state.display, _candidates(state)
+        return state, self._preview(state, 0, grow), _candidates(state)
 
     def refine(self, state: PageState, candidate: int | None, grow: int):
         """-> photo, after another candidate or grow / shrink was picked."""
-        if state.prediction is None:
+        if state.key is None or state.subject(candidate) is None:
             return gr.skip()
+        return self._preview(state, candidate, grow)
+
+    def stroke(self, state: PageState, text: str, candidate: int | None, grow: int):
+        """-> state, photo after one more brush stroke (JSON from the page's brush script)."""
+        if state.key is None:
+            raise gr.Error("upload a photo first")
+        if state.subject(candidate) is None:
+            raise gr.Error("click the subject or upload a mask first, then paint")
+        try:
+            stroke = Stroke.from_page(text, self.studio.image(state.key).width / state.display.width)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+        state = replace(state, strokes=state.strokes + (stroke,))
+        return state, self._preview(state, candidate, grow)
+
+    def undo_stroke(self, state: PageState, candidate: int | None, grow: int, keep: int = -1):
+        """-> state, photo without the last brush stroke (`keep=0`: without any)."""
+        if state.key is None or not state.strokes:
+            return gr.skip(), gr.skip()
+        state = replace(state, strokes=state.strokes[:keep])
+        return state, self._preview(state, candidate, grow)
+
+    def clear_strokes(self, state: PageState, candidate: int | None, grow: int):
+        return self.undo_stroke(state, candidate, grow, keep=0)
+
+    def mask(self, state: PageState, path: str | None, invert: bool, grow: int):
+        """-> state, photo, candidate after a mask was uploaded, removed or inverted. An uploaded
+        mask replaces the clicks (read as the command line's `--mask`: white = repaint)."""
+        from pipelines.images import load_mask
+
+        if state.key is None:
+            if path is None:
+                return gr.skip(), gr.skip(), gr.skip()
+            raise gr.Error("upload a photo first")
+        if path is None:
+            state = replace(state, uploaded=None)
+        else:
+            try:
+                loaded = load_mask(path, self.studio.image(state.key).size)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from exc
+            state = replace(state.with_prediction((), None), uploaded=uploaded_subject(loaded, invert))
+        return state, self._preview(state, 0, grow), _candidates(state)
+
+    def mask_file(self, state: PageState, candidate: int | None, grow: int, edit: str) -> str:
+        """-> mask_file: the mask an edit would repaint now, as a PNG served to this session only."""
+        import tempfile
+        from pathlib import Path
+
+        mask = None if state.key is None else repaint_mask(state, candidate, grow, edit)
+        if mask is None:
+            raise gr.Error("click the subject or upload a mask first")
+        with tempfile.TemporaryDirectory(prefix="backdrop-mask-") as folder:
+            path = Path(folder) / "backdrop-mask.png"
+            mask_png(mask).save(path)
+            return self.publish(str(path))  # a copy in Gradio's cache, under a content-derived name
+
+    def guidance(self, position: int, guidance: float) -> gr.Slider:
+        """-> guidance: its minimum (and value) raised while a safety preset is on."""
+        minimum, value = guidance_limits(position, guidance)
+        return gr.Slider(minimum=minimum, value=value)
+
+    def _preview(self, state: PageState, candidate: int | None, grow: int) -> Image.Image:
         return preview(state, self.studio.image(state.key).width, candidate, grow)
 
     def write_prompt(self, keyword: str, mood: str):
@@ -262,8 +426,8 @@ class Handlers:
 
         if state.key is None:
             raise gr.Error("upload a photo first")
-        if state.prediction is None:
-            raise gr.Error("click the subject first")
+        if state.subject(form.candidate) is None:
+            raise gr.Error("click the subject (or upload a mask) first")
         image = self.studio.image(state.key)
         typed = (form.mood or "").strip() or (form.prompt or "").strip()
         photo_mood = None if typed else self.studio.mood(state.key).mood  # usually ready since the upload
@@ -282,9 +446,12 @@ class Handlers:
             return (gr.skip(),) * 9
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
             raise gr.Error(_one_line(exc)) from exc
+        # Images, seeds, scores and paths are aligned and best first; the safety check may have
+        # withheld some (or all) of the candidates asked for.
         served = [self.publish(str(p)) for p in result.paths]
-        gallery = [(p, f"seed {s}") for p, s in zip(served, result.seeds)]
-        return (gallery, (image, result.images[0]), served, result.prompt, result.seeds[0],
+        gallery = list(zip(served, captions(result.seeds, result.scores)))
+        first = (image, result.images[0]) if result.images else None
+        return (gallery, first, served, result.prompt, result.seeds[0] if result.seeds else gr.skip(),
                 notices_markdown(result.notices), result.mood or gr.skip(), served, result.prompt_2)
 
     def select_result(self, state: PageState, results: list[str], evt: gr.SelectData):
@@ -320,23 +487,38 @@ class Handlers:
 
 # --- wiring --------------------------------------------------------------------------------------
 
+# The page's own events need its session state: programs neither see them in the API nor may call
+# them with a client. What programs call is `register_api`'s.
+PAGE_ONLY = "private"
+
+
 def wire(page: Page, on: Handlers) -> None:
     """Connect events to handlers. Clicks share SAM ("sam"); one diffusion at a time ("gpu")."""
     p = page
     with p.demo:
-        p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices],
-                       concurrency_limit=None).then(on.mood, [p.state, p.mood], [p.mood, p.notices],
-                                                    concurrency_limit=None)
-        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate])
+        p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
+                       concurrency_limit=None, api_visibility=PAGE_ONLY).then(on.mood, [p.state, p.mood], [p.mood, p.notices],
+                                                    concurrency_limit=None, api_visibility=PAGE_ONLY)
+        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate], api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
-                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2)
-        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam")
-        p.clear.click(on.clear, [p.state], [p.state, p.photo, p.candidate])
-        p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo])
-        p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo])
-        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4)
-        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False)
-        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False)
+                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2, api_visibility=PAGE_ONLY)
+        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam", api_visibility=PAGE_ONLY)
+        p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate], api_visibility=PAGE_ONLY)
+        p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
+        p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
+        brushed = [p.state, p.candidate, p.grow]
+        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo], api_visibility=PAGE_ONLY)
+        p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
+        p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
+        masked = ([p.state, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate])
+        p.mask_upload.upload(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_upload.clear(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_invert.input(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file], api_visibility=PAGE_ONLY)
+        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4, api_visibility=PAGE_ONLY)
+        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False, api_visibility=PAGE_ONLY)
+        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False, api_visibility=PAGE_ONLY)
+        p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False, api_visibility=PAGE_ONLY)
 
         form = p.form()
 
@@ -348,19 +530,140 @@ def wire(page: Page, on: Handlers) -> None:
         p.generate.click(on_generate, {p.state, *form.values()},
                          [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results,
                           p.prompt_2],
-                         concurrency_id="gpu", concurrency_limit=1)
-        p.cancel.click(on.cancel, None, None, queue=False)
-        p.gallery.select(on.select_result, [p.state, p.results], [p.before_after])
-        p.demo.load(on.load, None, [p.status, p.erased])
-        p.pull.click(on.pull, None, [p.status], concurrency_limit=1)
+                         concurrency_id="gpu", concurrency_limit=1, api_visibility=PAGE_ONLY)
+        p.cancel.click(on.cancel, None, None, queue=False, api_visibility=PAGE_ONLY)
+        p.gallery.select(on.select_result, [p.state, p.results], [p.before_after], api_visibility=PAGE_ONLY)
+        p.demo.load(on.load, None, [p.status, p.erased], api_visibility=PAGE_ONLY)
+        p.pull.click(on.pull, None, [p.status], concurrency_limit=1, api_visibility=PAGE_ONLY)
+
+
+# --- the API for programs -----------------------------------------------------------------------
+
+def _file(data: dict | None) -> str | None:
+    """The server-side path of an uploaded file (Gradio hands `gr.api` functions FileData dicts)."""
+    return None if data is None else gr.FileData(**data).path
+
+
+def _served(path: str) -> dict:
+    """A file in Gradio's cache as the FileData a client downloads."""
+    return gr.FileData(path=path).model_dump()
+
+
+# What a client sees as a one-line error, like the page's and the command line's: bad input
+# (ValueError), or a stage that could not run (GpuOutOfMemory is a RuntimeError).
+API_FAILURES = (ValueError, RuntimeError, OSError)
+
+
+def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None:
+    """Serve `/edit`, `/mask` and `/prompt` to programs (gradio_client, curl) and, with `--mcp`, as
+    MCP tools. Their docstrings are the API docs and the tool descriptions; Gradio reads one line
+    per parameter (`gradio.utils.get_function_description`), so each stays on one line.
+
+    `/edit` shares the page's queue and GPU lock ("gpu"), `/mask` the clicks' ("sam"). Results
+    reach the caller through Gradio's cache (`publish`), never from the output folder.
+    """
+    from pipelines import api
+
+    def edit(photo: gr.FileData, points: str = "", mask: gr.FileData | None = None, keyword: str = "",
+             mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
+             steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
+             candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
+             edit_subject: bool = False, request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
+        """Change a photo's background (or its subject) and keep the rest pixel-exact.
+        Say where the subject is with points on it, or with a mask.
+
+        Args:
+            photo: the photo (PNG, JPEG, WebP, ...).
+            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
+            mask: instead of points, a mask image of the photo's size: white = repaint, black = keep exactly.
+            keyword: what the new background should be, any language, e.g. "forest" or "비 오는 밤거리".
+            mood: mood keywords for the prompt, e.g. "calm, warm"; empty = LLaVA reads them from the photo.
+            prompt: the exact SDXL prompt; empty = Llama 2 writes it from keyword and mood.
+            negative_prompt: what to avoid; empty = Backdrop's default negative prompt.
+            safety: Safe Latent Diffusion: off, weak, medium, strong or max; empty = the lowest this server allows.
+            erased: name of concept-erased text encoders to use; empty = none.
+            steps: diffusion steps, 1 to 200.
+            guidance: classifier-free guidance scale, 0 to 50 (at least 1 with safety on).
+            strength: 1.0 repaints from pure noise; lower keeps more of the old background's layout.
+            seed: random seed of the first image (the others use seed+1, ...); empty = random.
+            candidates: how many images to make, 1 to 8; they come back best-scoring first.
+            edge: how the kept part meets the new background: matte (alpha matting, default), feather or hard.
+            grow: grow (>0) or shrink (<0) the subject by this many pixels.
+            feather: soft seam width in pixels.
+            edit_subject: repaint the subject instead of the background.
+
+        Returns:
+            the edited images as PNG files, best first
+            the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
+            prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
+        """
+        from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
+
+        try:
+            result, record = api.edit(
+                studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
+                negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
+                strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
+                edit_subject=edit_subject, session=request.session_hash if request else "api")
+        except Cancelled as exc:
+            raise gr.Error("cancelled") from exc
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+        return [_served(publish(str(path))) for path in result.paths], record
+
+    def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
+        """The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.
+
+        Args:
+            photo: the photo (PNG, JPEG, WebP, ...).
+            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
+            candidate: which of SAM's three masks, 0 = the best-scoring.
+            grow: grow (>0) or shrink (<0) the subject by this many pixels.
+
+        Returns:
+            the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)
+            scores (SAM's predicted quality of its three masks, best first), method (sam or grabcut),
+            candidate, notices
+        """
+        try:
+            image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+        return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
+
+    def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
+        """Write the SDXL prompt for a new background from a keyword and a mood (or the mood LLaVA
+        reads from a photo), cut to SDXL's 77 CLIP tokens.
+
+        Args:
+            keyword: what the new background should be, any language, e.g. "forest".
+            mood: mood keywords, e.g. "calm, warm"; empty = read from the photo if one is given.
+            photo: a photo whose mood to use when no mood is given.
+
+        Returns:
+            prompt (what SDXL would receive), prompt_tokens (its CLIP token count, at most 77), mood,
+            source (llm, or template when Ollama failed), notices
+        """
+        try:
+            return api.prompt(studio, keyword=keyword, mood=mood, photo=_file(photo))
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+
+    with demo:
+        gr.api(edit, api_name="edit", concurrency_id="gpu", concurrency_limit=1)
+        gr.api(mask, api_name="mask", concurrency_id="sam", concurrency_limit=2)
+        gr.api(prompt, api_name="prompt", concurrency_limit=4)
 
 
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
-    """Build the page. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
+    """Build the page and the API. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
     from pipelines.studio import Studio
 
+    studio = studio or Studio(settings)
     page = build_layout(settings)
-    wire(page, Handlers(settings, studio or Studio(settings), publish=page.files.move_resource_to_block_cache))
+    publish = page.files.move_resource_to_block_cache
+    wire(page, Handlers(settings, studio, publish=publish))
+    register_api(page.demo, studio, publish)
     return page.demo
 
 
@@ -368,17 +671,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Backdrop: change a photo's background in the browser.")
     parser.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--share", action="store_true", help="also make a public Gradio link")
-    parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth", metavar="USER:PASS", help="require this login (the page and the API)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve /edit, /mask and /prompt as MCP tools at /gradio_api/mcp/ "
+                             "(needs gradio[mcp]: pip install -r requirements-mcp.txt)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        from pipelines import checking
+
         settings = Settings.from_env(overrides=vars(args))
+        # Said now, not at the first Generate: a deployment that needs nudenet and lacks it.
+        if checking.checker_mode(settings) == "unavailable":
+            print(f"note: outputs are not checked for nudity: {checking.INSTALL_HINT}", file=sys.stderr)
         auth = None
         if args.auth:
             user, sep, password = args.auth.partition(":")
             if not sep or not user or not password:
                 raise ValueError("--auth must be USER:PASS")
             auth = (user, password)
+        if args.mcp and importlib.util.find_spec("mcp") is None:
+            raise ValueError("--mcp needs the MCP extra: pip install -r requirements-mcp.txt")
+        if args.mcp and auth:
+            # Gradio 6's MCP server does not ask for the login: it lists the tools to anyone, and its
+            # calls are refused. Serve MCP on a trusted network only, or use the API with auth.
+            raise ValueError("--mcp cannot be combined with --auth (Gradio's MCP server has no login)")
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     demo = build_demo(settings)
@@ -386,7 +703,8 @@ def main(argv: list[str] | None = None) -> None:
     # No allowed_paths: the output folder is never served; each result reaches its own session
     # through Gradio's cache (see Handlers.generate).
     demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
-                share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True)
+                share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
+                mcp_server=args.mcp, js=BRUSH_JS)
 
 
 if __name__ == "__main__":

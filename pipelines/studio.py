@@ -127,11 +127,21 @@ class Studio:
 
     # --- editing -----------------------------------------------------------------------------
     def edit(self, request: EditRequest, session: str, on_progress=None) -> EditResult:
-        """Run an edit for a browser session; `cancel(session)` stops it at the next step."""
+        """Run an edit for a browser session; `cancel(session)` stops it at the next step.
+
+        With `settings.ray_address` the edit runs on a worker of that Ray cluster (progress: one
+        "remote" stage), else here."""
         event = threading.Event()
         with self._lock:
             self._cancel[session] = event
         try:
+            if self.settings.ray_address:
+                # The page keeps its clicks, mood and prompt; a worker of the cluster paints, from
+                # the request's chosen subject (it needs no SAM).
+                from pipelines import cluster
+
+                return cluster.run_edit_remote(request, self.settings, on_progress=on_progress,
+                                               should_cancel=event.is_set)
             return editing.run_edit(request, self.settings, on_progress=on_progress, should_cancel=event.is_set)
         finally:
             with self._lock:

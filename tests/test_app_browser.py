@@ -6,55 +6,29 @@ safety slider to Hyp-Strong, generates, sees the result and downloads it. Then t
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import threading
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from app_server import AppServer
 from conftest import make_photo
 from PIL import Image
 
 from pipelines.editing import read_parameters
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not __import__("os").environ.get("CI"),
                                 reason="Debian's chromium is not installed (apt-get install chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(tiny_env, tmp_path):
-    port = _free_port()
-    env = {**tiny_env, "BACKDROP_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    log, started = tmp_path / "app.log", threading.Event()
-
-    def copy_log():  # the app's output to a file, noting the line that says it serves
-        with open(log, "w") as out:
-            for line in proc.stdout:
-                out.write(line)
-                out.flush()
-                if "Running on local URL" in line:
-                    started.set()
-        started.set()  # the app exited: stop waiting
-
-    threading.Thread(target=copy_log, daemon=True).start()
-    if not started.wait(timeout=120) or proc.poll() is not None:
-        proc.kill()
-        pytest.fail("app did not start:\n" + log.read_text()[-3000:])
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
-    sys.stderr.write("--- app log (tail) ---\n" + log.read_text()[-4000:])
+    app = AppServer(tiny_env, tmp_path / "app.log")
+    if (failed := app.wait()) is not None:
+        pytest.fail(failed)
+    yield app.url
+    app.stop()
 
 
 @pytest.fixture
@@ -97,6 +71,16 @@ def _edit(page, url, photo_path, tmp_path, name):
     """Upload, click, keyword, Hyp-Strong, 3 steps; returns once generation was started."""
     if url is not None:
         page.goto(url)
+    _upload_and_click(page, photo_path, tmp_path, name)
+    page.locator("#keyword textarea").fill("forest")
+    _set_slider(page, "#safety", "3")
+    page.get_by_text("Hyp-Strong: warm-up").wait_for(timeout=10_000)
+    _set_slider(page, "#steps", "3")
+    page.locator("#generate").click()
+
+
+def _upload_and_click(page, photo_path, tmp_path, name):
+    """Upload the photo and click its middle (the disk); returns once the preview shows the mask."""
     page.locator("#photo input[type=file]").set_input_files(str(photo_path))
     page.get_by_text("Click the subject.").wait_for(timeout=60_000)  # the upload was processed
     before = _photo_src(page)
@@ -115,11 +99,6 @@ def _edit(page, url, photo_path, tmp_path, name):
                 raise
     page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
                            arg=before, timeout=30_000)  # and the preview now shows the mask and the point
-    page.locator("#keyword textarea").fill("forest")
-    _set_slider(page, "#safety", "3")
-    page.get_by_text("Hyp-Strong: warm-up").wait_for(timeout=10_000)
-    _set_slider(page, "#steps", "3")
-    page.locator("#generate").click()
 
 
 def _download(page, tmp_path, name) -> Path:
@@ -186,3 +165,95 @@ def test_two_sessions_at_once_get_their_own_results(app_url, browser, tmp_path, 
         assert own.status == 200
         assert own.body() == (tmp_path / f"result-{name}.png").read_bytes()
         assert own.body() in [p.read_bytes() for p in outputs]  # the saved file, byte for byte
+
+
+# --- the brush, masks in and out (issue 18.4-18.5) -----------------------------------------------
+
+def _wait_photo_changed(page, before):
+    page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
+                           arg=before, timeout=60_000)
+
+
+def _on_photo(page, x, y):
+    """Where photo pixel (x, y) is on the screen (the preview is the photo here, scaled to fit)."""
+    return page.evaluate("""([x, y]) => {
+        const img = document.querySelector('#photo img'), r = img.getBoundingClientRect();
+        const fit = Math.max(img.naturalWidth / r.width, img.naturalHeight / r.height);
+        const s = getComputedStyle(img).objectFit === 'scale-down' ? Math.max(1, fit) : fit;
+        return [r.left + (r.width - img.naturalWidth / s) / 2 + (x + 0.5) / s,
+                r.top + (r.height - img.naturalHeight / s) / 2 + (y + 0.5) / s]; }""", [x, y])
+
+
+def _download_mask(page, tmp_path, name, previous=""):
+    """Press "Mask as PNG" and download the link once it differs from `previous`; -> (pixels, href)."""
+    page.locator("#mask-download").click()
+    page.wait_for_function("(b) => { const a = document.querySelector('#mask-file a'); return a && a.href !== b; }",
+                           arg=previous, timeout=60_000)
+    link = page.locator("#mask-file a").first
+    href = link.evaluate("(a) => a.href")
+    with page.expect_download() as download:
+        link.click()
+    path = tmp_path / f"{name}.png"
+    download.value.save_as(path)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "L" and image.size == (160, 120)
+        return np.asarray(image), href
+
+
+def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    make_photo(160, 120).save(photo)
+    page = _new_page(browser)
+    page.goto(app_url)
+    _upload_and_click(page, photo, tmp_path, "brush")
+    clicked, href = _download_mask(page, tmp_path, "clicked")
+    assert 0 < (clicked == 255).mean() < 1 and set(np.unique(clicked)) == {0, 255}  # white = repaint
+
+    # Paint along row 30 from x 90 to 150, brush 10 preview pixels wide: with "add to subject" where
+    # the click's mask mostly repaints there (the tiny SAM's mask is arbitrary), else "remove".
+    row = clicked[30, 90:151]
+    add = (row == 255).mean() >= 0.5
+    page.locator("#brush").get_by_text("add to subject" if add else "remove from subject").click()
+    _set_slider(page, "#brush-size", "10")
+    before = _photo_src(page)
+    page.locator("#photo img").first.scroll_into_view_if_needed()  # picking the brush scrolled down
+    page.mouse.move(*_on_photo(page, 90, 30))
+    page.mouse.down()
+    for x in range(94, 151, 4):
+        page.mouse.move(*_on_photo(page, x, 30))
+    page.mouse.up()
+    _wait_photo_changed(page, before)
+    painted, href = _download_mask(page, tmp_path, "painted", href)
+    assert (painted[26:35, 90:151] == (0 if add else 255)).all()  # the stroke's path, as painted
+    changed = np.argwhere(painted != clicked)
+    assert changed[:, 0].min() >= 24 and changed[:, 0].max() <= 36  # within the brush's reach of row 30
+    assert changed[:, 1].min() >= 84 and changed[:, 1].max() <= 156  # (a SAM click would change more)
+    assert len(changed) >= (row == (255 if add else 0)).sum() >= 30
+
+    # Undo brings back the mask from the click alone.
+    before = _photo_src(page)
+    page.locator("#undo-stroke").click()
+    _wait_photo_changed(page, before)
+    undone, href = _download_mask(page, tmp_path, "undone", href)
+    assert np.array_equal(undone, clicked)
+
+    # An uploaded mask (white = repaint) becomes the subject: the preview tints the rest...
+    mask = np.zeros((120, 160), np.uint8)
+    mask[:, 100:] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask, "L").save(mask_path)
+    before = _photo_src(page)
+    page.locator("#mask-upload input[type=file]").set_input_files(str(mask_path))
+    _wait_photo_changed(page, before)
+    shown = np.asarray(Image.open(io.BytesIO(page.request.get(_photo_src(page)).body())).convert("RGB"))
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    assert shown.shape == original.shape
+    # The preview is served as lossy WebP (chroma smeared over a few pixels at the edge): per column,
+    # how much bluer than the photo it is, on average.
+    change = shown.astype(int) - original.astype(int)
+    bluer = (change[..., 2] - change[..., 0]).mean(axis=0)
+    assert (bluer[:96] > 30).all()  # kept: tinted (45 % towards blue)
+    assert (np.abs(bluer[104:]) < 10).all()  # repainted: the photo's own colours
+    # ... and comes back out as the same PNG.
+    out, _ = _download_mask(page, tmp_path, "uploaded", href)
+    assert np.array_equal(out, mask)

@@ -555,7 +555,9 @@ def test_get_predictor_falls_back_and_retries_on_the_next_call(tmp_path, monkeyp
 
 
 def test_a_checkpoint_of_another_registered_variant_loads_as_that_variant(tmp_path, tiny_sam_checkpoint):
-    settings = settings_for(tiny_sam_checkpoint, auto=False, variant="vit_h")
+    checkpoint = tmp_path / "sam.pth"  # a file of its own: not loaded by an earlier test
+    checkpoint.write_bytes(tiny_sam_checkpoint.read_bytes())
+    settings = settings_for(checkpoint, auto=False, variant="vit_h")
     predictor, notices = get_predictor(settings)
     notice = "the SAM checkpoint is a tiny model, not vit_h: loaded as tiny (set BACKDROP_SAM_MODEL_TYPE=tiny)"
     assert predictor.variant == "tiny" and predictor.notices == notices == [notice]

@@ -12,7 +12,8 @@ from PIL import Image
 from pipelines import images
 from pipelines.editing import run_edit, validate_request
 from pipelines.masking import MaskPrediction
-from pipelines.page import DISPLAY_SIDE, GenerateForm, PageState, candidate_choices, preview, safety_markdown
+from pipelines.page import (DISPLAY_SIDE, GenerateForm, PageState, Stroke, candidate_choices, captions,
+                            guidance_limits, mask_png, preview, repaint_mask, safety_markdown, uploaded_subject)
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
 
@@ -126,3 +127,160 @@ def test_generate_reads_every_form_widget_by_name():
     generate = [fn for fn in page.demo.fns.values() if (page.generate._id, "click") in fn.targets]
     assert len(generate) == 1 and generate[0].inputs_as_dict  # a dict by widget, not 20 values by position
     assert {block._id for block in generate[0].inputs} == {page.state._id, *(w._id for w in form.values())}
+
+
+# --- brush, masks in and out, edge, captions, guidance (issue 18.4-18.5, page wiring) -------------
+
+def _brushed_state(photo: Image.Image) -> PageState:
+    return PageState.for_photo("key", photo).with_prediction((ClickPoint(40, 30),), _prediction(120, 160))
+
+
+def test_a_stroke_from_the_page_is_mapped_to_the_photo_and_refused_when_unreadable():
+    stroke = Stroke.from_page('{"brush": "remove from subject", "size": 10, "points": [[5, 6], [20, 6]]}', 2.0)
+    assert stroke == Stroke(points=((9.5, 11.5), (39.5, 11.5)), width=20.0, add=False)
+    for text, message in [('{"brush": "erase", "size": 10, "points": [[1, 2]]}', r"^unknown brush 'erase'"),
+                          ('{"brush": "add to subject", "size": 0, "points": [[1, 2]]}', "could not be read"),
+                          ('{"brush": "add to subject", "size": 5, "points": []}', "could not be read"),
+                          ("not json", "could not be read")]:
+        with pytest.raises(ValueError, match=message):
+            Stroke.from_page(text, 1.0)
+
+
+def test_strokes_add_and_remove_in_order_and_survive_a_new_click():
+    photo = make_photo(160, 120)
+    state = _brushed_state(photo)  # candidate 0: the top-left quarter, rows < 60 and columns < 80
+    add = Stroke(points=((100.0, 20.0), (140.0, 20.0)), width=10.0, add=True)  # a bar outside it
+    remove = Stroke(points=((40.0, 30.0),), width=20.0, add=False)  # a dot inside it
+    state = dataclasses.replace(state, strokes=(add, remove))
+    subject = state.subject(0)
+    base = state.prediction.masks[0]
+    assert subject[20, 95:146].all() and not subject[20, 94] and not subject[20, 146]  # round caps of r 5
+    assert subject[10:31, 120].sum() == 10  # the bar is the brush size wide
+    assert not subject[30, 31:50].any() and subject[30, 29] and subject[30, 51]  # the dot of r 10
+    untouched = np.ones_like(base)
+    untouched[10:31, 90:151] = untouched[19:42, 29:52] = False
+    assert np.array_equal(subject[untouched], base[untouched])  # the rest is SAM's mask
+    # A later stroke paints over an earlier one.
+    readd = Stroke(points=((40.0, 30.0),), width=4.0, add=True)
+    assert dataclasses.replace(state, strokes=(add, remove, readd)).subject(0)[30, 40]
+    # A new click gives a new prediction; the strokes go on top of it as well.
+    moved = _prediction(120, 160)
+    moved.masks[0] = ~moved.masks[0]
+    clicked = state.with_prediction(state.points + (ClickPoint(150, 110),), moved)
+    assert clicked.strokes == (add, remove)
+    again = clicked.subject(0)
+    assert again[20, 120] and not again[30, 40] and again[100, 150] == moved.masks[0][100, 150]
+    # The request carries the edited subject, and the preview tints it.
+    request = GenerateForm(keyword="forest").to_request(state, photo)
+    assert np.array_equal(request.subject, subject)
+    shown = np.asarray(preview(state, photo.width)).astype(int)
+    assert (shown[20, 120] != np.asarray(photo)[20, 120]).any() and (shown[30, 47] == np.asarray(photo)[30, 47]).all()
+    assert dataclasses.replace(state, prediction=None).subject(0) is None  # no base: nothing to edit
+
+
+def test_an_uploaded_mask_is_the_subject_until_a_click_and_comes_back_out_as_the_same_png(tmp_path):
+    photo = make_photo(160, 120)
+    repaint = np.zeros((120, 160), np.uint8)
+    repaint[:, 70:] = 255  # white = repaint: the right part
+    repaint[:10, :10] = 120  # grey below 50 % is kept
+    path = tmp_path / "mask.png"
+    Image.fromarray(repaint, "L").save(path)
+    loaded = images.load_mask(path, photo.size)
+    state = dataclasses.replace(PageState.for_photo("key", photo), uploaded=uploaded_subject(loaded, invert=False))
+    assert state.subject(0).sum() == 70 * 120 and state.subject(0)[:, :70].all()
+    inverted = uploaded_subject(loaded, invert=True)
+    assert np.array_equal(inverted, ~state.subject(0))
+    # The mask the edit repaints, as offered for download, is the uploaded one, byte for byte.
+    out = tmp_path / "out.png"
+    mask_png(repaint_mask(state, 0, 0, "background")).save(out)
+    expected = np.where(repaint >= 128, 255, 0)
+    assert np.array_equal(np.asarray(Image.open(out)), expected)
+    assert np.array_equal(images.load_mask(out, photo.size) >= 0.5, loaded >= 0.5)  # reads back as --mask
+    # Grow and "edit subject" are in it; a click's prediction replaces the uploaded mask.
+    grown = repaint_mask(state, 0, 3, "subject")
+    assert grown[:, :73].all() and not grown[:, 73:].any()
+    clicked = state.with_prediction((ClickPoint(40, 30),), _prediction(120, 160))
+    assert np.array_equal(clicked.subject(0), clicked.prediction.masks[0])
+    assert repaint_mask(PageState.for_photo("key", photo), 0, 0, "background") is None
+
+
+def test_edge_fast_captions_and_guidance_follow_the_page():
+    photo = make_photo(160, 120)
+    state = _brushed_state(photo)
+    for edge in ("matte", "feather", "hard"):
+        request = GenerateForm(keyword="forest", edge=edge).to_request(state, photo)
+        assert request.edge == edge
+        validate_request(request, Settings())
+    assert GenerateForm().edge == "matte"
+    # The Fast dropdown: "off" sends no preset, a preset's name is sent as it is.
+    assert GenerateForm(keyword="forest").to_request(state, photo).fast is None
+    request = GenerateForm(keyword="forest", fast="lightning-4step").to_request(state, photo)
+    assert request.fast == "lightning-4step"
+    validate_request(request, Settings())
+    # Best first with scores; a candidate the safety check withheld has neither image nor caption.
+    assert captions([7, 5], [-0.01234, -0.5]) == ["seed 7 · score -0.012", "seed 5 · score -0.500"]
+    assert captions([], []) == [] and captions([3], []) == ["seed 3"]
+    assert guidance_limits(0, 0.5) == (0.0, 0.5)
+    assert guidance_limits(1, 0.5) == (1.0, 1.0) and guidance_limits(4, 7.5) == (1.0, 7.5)
+
+
+def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
+    import app
+    from pipelines.types import EditResult
+
+    photo = make_photo(160, 120)
+
+    class Studio:
+        def __init__(self, result):
+            self.result, self.requests = result, []
+
+        def image(self, key):
+            return photo
+
+        def mood(self, key):
+            raise AssertionError("a typed prompt needs no mood")
+
+        def edit(self, request, session, on_progress):
+            self.requests.append(request)
+            on_progress("remote", 0, 0, None)
+            return self.result
+
+    blank = np.zeros((120, 160), np.float32)
+    shown = Image.new("RGB", (160, 120))
+    result = EditResult(images=[shown, shown], seeds=[9, 8], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
+                        mask=blank, scores=[-0.1, -0.2], paths=["/a.png", "/b.png"])
+    studio = Studio(result)
+    handlers = app.Handlers(Settings(), studio, publish=lambda path: "served" + path)
+    state = _brushed_state(photo)
+    form = GenerateForm(prompt="a forest", edge="hard")
+    stages = []
+    out = handlers.generate(state, form, "s", lambda *a, desc: stages.append(desc))
+    assert out[0] == [("served/a.png", "seed 9 · score -0.100"), ("served/b.png", "seed 8 · score -0.200")]
+    assert out[4] == 9 and studio.requests[0].edge == "hard" and stages == ["Running on the cluster"]
+    studio.result = EditResult(images=[], seeds=[], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
+                               mask=blank, notices=["withheld"])
+    out = handlers.generate(state, form, "s", lambda *a, desc: None)
+    assert out[0] == [] and out[1] is None and out[3] == "p" and out[5] == "- withheld" and out[8] == "p2"
+    with pytest.raises(app.gr.Error, match="click the subject"):
+        handlers.generate(PageState.for_photo("key", photo), form, "s", lambda *a, desc: None)
+
+
+def test_with_a_ray_address_the_studio_sends_the_edit_to_the_cluster(monkeypatch, tiny_settings):
+    from pipelines import cluster
+    from pipelines.studio import Studio
+
+    sent = []
+
+    def run_edit_remote(request, settings, on_progress=None, should_cancel=None):
+        sent.append((request, settings.ray_address, should_cancel()))
+        on_progress("remote", 0, 0, None)
+        return "result"
+
+    monkeypatch.setattr(cluster, "run_edit_remote", run_edit_remote)
+    studio = Studio(dataclasses.replace(tiny_settings, ray_address="ray://head:10001"))
+    photo = make_photo(160, 120)
+    request = GenerateForm(prompt="a forest").to_request(_brushed_state(photo), photo)
+    progress = []
+    assert studio.edit(request, "me", lambda *a: progress.append(a)) == "result"
+    assert sent == [(request, "ray://head:10001", False)] and progress == [("remote", 0, 0, None)]
+    assert studio.cancel("me") is False  # finished: nothing left to cancel
