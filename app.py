@@ -18,11 +18,13 @@ output folder itself is never served.
 # No `from __future__ import annotations` here: Gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request, gr.Progress) at run time to know what to pass them.
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import gradio as gr
+from gradio import processing_utils
 from PIL import Image
 
 from pipelines.page import (BRUSHES, GenerateForm, PageState, Stroke, candidate_choices, captions,
@@ -485,33 +487,44 @@ class Handlers:
 
 # --- wiring --------------------------------------------------------------------------------------
 
+# The page's own events need its session state: programs neither see them in the API nor may call
+# them with a client. What programs call is `register_api`'s.
+PAGE_ONLY = "private"
+
+
 def wire(page: Page, on: Handlers) -> None:
     """Connect events to handlers. Clicks share SAM ("sam"); one diffusion at a time ("gpu")."""
     p = page
     with p.demo:
         p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
-                       concurrency_limit=None).then(on.mood, [p.state, p.mood], [p.mood, p.notices],
-                                                    concurrency_limit=None)
-        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate])
+                       concurrency_limit=None, api_visibility=PAGE_ONLY).then(
+            on.mood, [p.state, p.mood], [p.mood, p.notices], concurrency_limit=None, api_visibility=PAGE_ONLY)
+        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],
+                      api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
-                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2)
-        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam")
-        p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate])
-        p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo])
-        p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo])
+                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2,
+                       api_visibility=PAGE_ONLY)
+        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam",
+                     api_visibility=PAGE_ONLY)
+        p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate], api_visibility=PAGE_ONLY)
+        p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
+        p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
         brushed = [p.state, p.candidate, p.grow]
-        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo])
-        p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo])
-        p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo])
+        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo],
+                        api_visibility=PAGE_ONLY)
+        p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
+        p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
         masked = ([p.state, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate])
-        p.mask_upload.upload(on.mask, *masked)
-        p.mask_upload.clear(on.mask, *masked)
-        p.mask_invert.input(on.mask, *masked)
-        p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file])
-        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4)
-        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False)
-        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False)
-        p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False)
+        p.mask_upload.upload(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_upload.clear(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_invert.input(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file],
+                              api_visibility=PAGE_ONLY)
+        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4,
+                      api_visibility=PAGE_ONLY)
+        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False, api_visibility=PAGE_ONLY)
+        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False, api_visibility=PAGE_ONLY)
+        p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False, api_visibility=PAGE_ONLY)
 
         form = p.form()
 
@@ -523,19 +536,140 @@ def wire(page: Page, on: Handlers) -> None:
         p.generate.click(on_generate, {p.state, *form.values()},
                          [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results,
                           p.prompt_2],
-                         concurrency_id="gpu", concurrency_limit=1)
-        p.cancel.click(on.cancel, None, None, queue=False)
-        p.gallery.select(on.select_result, [p.state, p.results], [p.before_after])
-        p.demo.load(on.load, None, [p.status, p.erased])
-        p.pull.click(on.pull, None, [p.status], concurrency_limit=1)
+                         concurrency_id="gpu", concurrency_limit=1, api_visibility=PAGE_ONLY)
+        p.cancel.click(on.cancel, None, None, queue=False, api_visibility=PAGE_ONLY)
+        p.gallery.select(on.select_result, [p.state, p.results], [p.before_after], api_visibility=PAGE_ONLY)
+        p.demo.load(on.load, None, [p.status, p.erased], api_visibility=PAGE_ONLY)
+        p.pull.click(on.pull, None, [p.status], concurrency_limit=1, api_visibility=PAGE_ONLY)
+
+
+# --- the API for programs -----------------------------------------------------------------------
+
+def _file(data: dict | None) -> str | None:
+    """The server-side path of an uploaded file (Gradio hands `gr.api` functions FileData dicts)."""
+    return None if data is None else gr.FileData(**data).path
+
+
+def _served(path: str) -> dict:
+    """A file in Gradio's cache as the FileData a client downloads."""
+    return gr.FileData(path=path).model_dump()
+
+
+# What a client sees as a one-line error, like the page's and the command line's: bad input
+# (ValueError), or a stage that could not run (GpuOutOfMemory is a RuntimeError).
+API_FAILURES = (ValueError, RuntimeError, OSError)
+
+
+def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None:
+    """Serve `/edit`, `/mask` and `/prompt` to programs (gradio_client, curl) and, with `--mcp`, as
+    MCP tools. Their docstrings are the API docs and the tool descriptions; Gradio reads one line
+    per parameter (`gradio.utils.get_function_description`), so each stays on one line.
+
+    `/edit` shares the page's queue and GPU lock ("gpu"), `/mask` the clicks' ("sam"). Results
+    reach the caller through Gradio's cache (`publish`), never from the output folder.
+    """
+    from pipelines import api
+
+    def edit(photo: gr.FileData, points: str = "", mask: gr.FileData | None = None, keyword: str = "",
+             mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
+             steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
+             candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
+             edit_subject: bool = False, request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
+        """Change a photo's background (or its subject) and keep the rest pixel-exact.
+        Say where the subject is with points on it, or with a mask.
+
+        Args:
+            photo: the photo (PNG, JPEG, WebP, ...).
+            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
+            mask: instead of points, a mask image of the photo's size: white = repaint, black = keep exactly.
+            keyword: what the new background should be, any language, e.g. "forest" or "비 오는 밤거리".
+            mood: mood keywords for the prompt, e.g. "calm, warm"; empty = LLaVA reads them from the photo.
+            prompt: the exact SDXL prompt; empty = Llama 2 writes it from keyword and mood.
+            negative_prompt: what to avoid; empty = Backdrop's default negative prompt.
+            safety: Safe Latent Diffusion: off, weak, medium, strong or max; empty = the lowest this server allows.
+            erased: name of concept-erased text encoders to use; empty = none.
+            steps: diffusion steps, 1 to 200.
+            guidance: classifier-free guidance scale, 0 to 50 (at least 1 with safety on).
+            strength: 1.0 repaints from pure noise; lower keeps more of the old background's layout.
+            seed: random seed of the first image (the others use seed+1, ...); empty = random.
+            candidates: how many images to make, 1 to 8; they come back best-scoring first.
+            edge: how the kept part meets the new background: matte (alpha matting, default), feather or hard.
+            grow: grow (>0) or shrink (<0) the subject by this many pixels.
+            feather: soft seam width in pixels.
+            edit_subject: repaint the subject instead of the background.
+
+        Returns:
+            the edited images as PNG files, best first
+            the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
+            prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
+        """
+        from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
+
+        try:
+            result, record = api.edit(
+                studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
+                negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
+                strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
+                edit_subject=edit_subject, session=request.session_hash if request else "api")
+        except Cancelled as exc:
+            raise gr.Error("cancelled") from exc
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+        return [_served(publish(str(path))) for path in result.paths], record
+
+    def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
+        """The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.
+
+        Args:
+            photo: the photo (PNG, JPEG, WebP, ...).
+            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
+            candidate: which of SAM's three masks, 0 = the best-scoring.
+            grow: grow (>0) or shrink (<0) the subject by this many pixels.
+
+        Returns:
+            the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)
+            scores (SAM's predicted quality of its three masks, best first), method (sam or grabcut),
+            candidate, notices
+        """
+        try:
+            image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+        return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
+
+    def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
+        """Write the SDXL prompt for a new background from a keyword and a mood (or the mood LLaVA
+        reads from a photo), cut to SDXL's 77 CLIP tokens.
+
+        Args:
+            keyword: what the new background should be, any language, e.g. "forest".
+            mood: mood keywords, e.g. "calm, warm"; empty = read from the photo if one is given.
+            photo: a photo whose mood to use when no mood is given.
+
+        Returns:
+            prompt (what SDXL would receive), prompt_tokens (its CLIP token count, at most 77), mood,
+            source (llm, or template when Ollama failed), notices
+        """
+        try:
+            return api.prompt(studio, keyword=keyword, mood=mood, photo=_file(photo))
+        except API_FAILURES as exc:
+            raise gr.Error(_one_line(exc)) from exc
+
+    with demo:
+        gr.api(edit, api_name="edit", concurrency_id="gpu", concurrency_limit=1)
+        gr.api(mask, api_name="mask", concurrency_id="sam", concurrency_limit=2)
+        gr.api(prompt, api_name="prompt", concurrency_limit=4)
 
 
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
-    """Build the page. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
+    """Build the page and the API. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
     from pipelines.studio import Studio
 
+    studio = studio or Studio(settings)
     page = build_layout(settings)
-    wire(page, Handlers(settings, studio or Studio(settings), publish=page.files.move_resource_to_block_cache))
+    publish = page.files.move_resource_to_block_cache
+    wire(page, Handlers(settings, studio, publish=publish))
+    register_api(page.demo, studio, publish)
     return page.demo
 
 
@@ -543,7 +677,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Backdrop: change a photo's background in the browser.")
     parser.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--share", action="store_true", help="also make a public Gradio link")
-    parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth", metavar="USER:PASS", help="require this login (the page and the API)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve /edit, /mask and /prompt as MCP tools at /gradio_api/mcp/ "
+                             "(needs gradio[mcp]: pip install -r requirements-mcp.txt)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -559,6 +696,12 @@ def main(argv: list[str] | None = None) -> None:
             if not sep or not user or not password:
                 raise ValueError("--auth must be USER:PASS")
             auth = (user, password)
+        if args.mcp and importlib.util.find_spec("mcp") is None:
+            raise ValueError("--mcp needs the MCP extra: pip install -r requirements-mcp.txt")
+        if args.mcp and auth:
+            # Gradio 6's MCP server does not ask for the login: it lists the tools to anyone, and its
+            # calls are refused. Serve MCP on a trusted network only, or use the API with auth.
+            raise ValueError("--mcp cannot be combined with --auth (Gradio's MCP server has no login)")
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     demo = build_demo(settings)
@@ -567,7 +710,7 @@ def main(argv: list[str] | None = None) -> None:
     # through Gradio's cache (see Handlers.generate).
     demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
                 share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                js=BRUSH_JS)
+                js=BRUSH_JS, mcp_server=args.mcp)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
+    python -m pipelines edit photo.jpg --point 512,380 --background white --canvas 1:1
     python -m pipelines batch photos.csv --out edited/ --steps 30 --workers 4
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
@@ -47,8 +48,19 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+def _canvas(text: str) -> str:
+    from pipelines.canvas import parse_canvas_text
+
+    try:
+        parse_canvas_text(text)  # the form and sign; whether it holds the photo: validate_request
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
+    from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
 
     parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
@@ -74,6 +86,14 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
                         help="matte: alpha matting at the subject's edge (no halo of the old background); "
                              "feather: a soft ramp outside the subject; hard: a binary cut")
     parser.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
+    parser.add_argument("--background", default="generate", metavar="KIND",
+                        help="generate (SDXL, the default); transparent (RGBA PNG); a colour (white, #rrggbb, "
+                             "a CSS name); a picture file (scaled to cover); blur or blur:RADIUS (the photo's "
+                             "own background blurred). Plain kinds need no model, prompt or keyword")
+    parser.add_argument("--canvas", type=_canvas, metavar="WxH|W:H",
+                        help="a larger frame: WxH, or a ratio such as 16:9 (the smallest of that shape that "
+                             "holds the photo); the photo is not scaled, the new area is painted too")
+    parser.add_argument("--place", choices=PLACES, default="center", help="where the photo sits on the canvas")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +166,7 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.editing import run_edit
+    from pipelines.editing import result_record, run_edit
     from pipelines.images import load_image, load_mask
     from pipelines.types import EditRequest
 
@@ -154,7 +174,8 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
         image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject, keyword=args.keyword,
+        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject,
+        background=args.background, canvas=args.canvas, place=args.place, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
         sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
         guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
@@ -163,14 +184,10 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     for notice in result.notices:
         sys.stderr.write(f"note: {notice}\n")
     if args.json:
-        print(json.dumps({
-            "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-            "edge": args.edge, "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
-            "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens,
-            "mood": result.mood, "notices": result.notices,
-            "timings": {k: round(v, 3) for k, v in result.timings.items()},
-            "safety": _safety_json(result.safety),
-        }, ensure_ascii=False))
+        print(json.dumps(result_record(result, request), ensure_ascii=False))
+    elif result.background != "generate":
+        for path in result.paths:
+            print(f"{path}  (background {result.background})")
     else:
         print(f"prompt ({result.prompt_tokens}/77 tokens): {result.prompt}")
         print(f"prompt 2 ({result.prompt_2_tokens}/77 tokens): {result.prompt_2}")
@@ -199,16 +216,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"records in {args.out / 'results.jsonl'}")
     return 1 if counts["failed"] else 0
-
-
-def _safety_json(record) -> dict:
-    """The `safety` object of `edit --json`: preset, effective warm-up δ, concept as used, and the
-    check of every output (withheld ones included)."""
-    import dataclasses
-
-    return {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
-            "checker": record.checker,
-            "checks": [{**dataclasses.asdict(check), "labels": list(check.labels)} for check in record.checks]}
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

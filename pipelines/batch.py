@@ -2,8 +2,8 @@
 
 A manifest is a CSV file with one row per edit: a `photo` column, then any of `points`
 (`X,Y[,L];X,Y[,L]`), `mask` (an image, white = repaint), and the edit's options (`keyword`, `mood`,
-`prompt`, `seed`, `safety`, `erased`, `steps`, `guidance`, `strength`, `candidates`, ...). Paths are
-relative to the manifest's folder. Command-line flags give every row its defaults; a cell overrides
+`prompt`, `seed`, `safety`, `erased`, `steps`, `guidance`, `strength`, `candidates`, `background`,
+`canvas`, `place`, ...). Paths (photo, mask, a background picture) are relative to the manifest's folder. Command-line flags give every row its defaults; a cell overrides
 them. A FOLDER instead of a manifest means one row per photo in it, with the flags' options.
 
 Each row becomes an `EditRequest` and runs through `editing.run_edit`, which checks it; nothing is
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.backgrounds import picture_path
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
 
@@ -183,6 +184,12 @@ def make_tasks(rows: Iterable[Mapping[str, str]], defaults: Mapping[str, Any], b
             task.points = parse_points(row.get("points", ""))
             task.mask = (base / row["mask"]).resolve() if "mask" in row else None
             files = {"photo": _file_hash(task.photo), "mask": _file_hash(task.mask) if task.mask else None}
+            if picture := picture_path(task.fields.get("background", "")):
+                # A background picture: a cell's path is relative to the manifest, a flag's to where
+                # the command runs; its bytes are part of the key, like the photo's.
+                path = ((base if "background" in row else Path.cwd()) / picture).resolve()
+                task.fields["background"] = str(path)
+                files["background"] = _file_hash(path)
             effective = {"files": files, "points": [dataclasses.astuple(p) for p in task.points],
                          "fields": task.fields, "settings": keyed}
             task.key = hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:12]

@@ -17,8 +17,8 @@ subject is repainted) and the region that gets a new background. Three edge mode
 Both solvers come from `pymatting` and run only on tiles that hold part of the band, so the cost grows
 with the length of the subject's outline, not with the photo's area.
 
-Any background composites through `composite`: a generated image, or (later) a colour, a picture or a
-blurred photo; `Matte` is also what a transparent cutout needs (alpha and the clean colours).
+Any background composites through `composite`: a generated image, a colour, a picture or the blurred
+photo (`backgrounds`); `Matte` is also what a transparent cutout needs (alpha and the clean colours).
 """
 
 from __future__ import annotations
@@ -179,11 +179,26 @@ def cutout(photo: Image.Image, matte: Matte) -> Image.Image:
     Returns:
         RGBA image of the photo's size; transparent (alpha 0, colour 0) where nothing is kept.
     """
+    import cv2
+
     alpha = matte.alpha
-    rgb = np.where((alpha == 1.0)[..., None], np.asarray(photo.convert("RGB")),
-                   np.clip(np.rint(matte.foreground), 0, 255).astype(np.uint8))
-    a = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.dstack([rgb, a]), "RGBA")
+    # cv2 for the whole-image passes (a tenth of numpy's time at 12 MP); convertScaleAbs rounds half
+    # to even and saturates, as np.clip(np.rint(...)) does, on values that are never negative here.
+    rgb = cv2.convertScaleAbs(matte.foreground)
+    cv2.copyTo(np.asarray(photo.convert("RGB")), (alpha == 1.0).view(np.uint8), rgb)
+    return Image.fromarray(np.dstack([rgb, cv2.convertScaleAbs(alpha, alpha=255.0)]), "RGBA")
+
+
+def as_matte(photo: Image.Image, layer: Matte | np.ndarray) -> Matte:
+    """Any kept layer as a `Matte` (for `cutout`): a matte as it is; a feather or hard repaint mask
+    as alpha = 1 - mask, with the photo's own colours wherever it is partly kept (those edges have no
+    estimated foreground: that is what the matte edge adds).
+    """
+    if isinstance(layer, Matte):
+        return layer
+    alpha = (1.0 - layer).astype(np.float32)
+    foreground = np.asarray(photo.convert("RGB"), dtype=np.float32) * ((alpha > 0) & (alpha < 1))[..., None]
+    return Matte(alpha=alpha, foreground=foreground)
 
 
 def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0, feather: int = 0,
@@ -241,10 +256,12 @@ def composite(photo: Image.Image, background: Image.Image, layer: Matte | np.nda
         return images.composite(photo, background, layer)
     if background.size != photo.size:
         background = background.resize(photo.size, Image.Resampling.LANCZOS)
+    import cv2
+
     out = np.array(background.convert("RGB"))
     alpha = layer.alpha
     solid = alpha == 1.0
-    np.copyto(out, np.asarray(photo.convert("RGB")), where=solid[..., None])
+    cv2.copyTo(np.asarray(photo.convert("RGB")), solid.view(np.uint8), out)  # np.copyto's result, 10x faster
     soft = (alpha > 0.0) & ~solid
     a = alpha[soft][:, None]
     mixed = a * layer.foreground[soft] + (1.0 - a) * out[soft].astype(np.float32)  # matting equation

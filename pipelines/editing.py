@@ -2,11 +2,15 @@
 
 This module only chains the stages; each stage lives in its own module:
 
-    photo ─► masking (SAM clicks or a given mask, refined) ─► prompting (LLaVA mood, Llama 2 prompt)
-          ─► blending (SDXL + SLD + erased encoders, working size) ─► compositing (edge mode, full size)
-          ─► ranking (best first) ─► saved PNGs with their parameters
+    photo ─► masking (SAM clicks or a given mask, refined) ─► canvas (the photo on a larger frame)
+          ─► prompting (LLaVA mood, Llama 2 prompt) ─► blending (SDXL + SLD + erased encoders, working size)
+          ─► compositing (edge mode, full size) ─► ranking (best first) ─► safety check ─► saved PNGs
 
-The page (`app.py`) and the command line (`python -m pipelines edit`) both call `run_edit`.
+A plain background (transparent, a colour, a picture, the photo blurred: `backgrounds`) takes a
+short cut after the canvas: no prompt, no model, one image through the same composite.
+
+The page (`app.py`), the command line (`python -m pipelines edit`) and the API for programs
+(`pipelines/api.py`) all call `run_edit`; the last two describe its result with `result_record`.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import checking, compositing, downloads, images, masking, prompting, ranking, sam_models
-from pipelines.safety import MIN_GUIDANCE_WITH_SLD
+from pipelines import (backgrounds, canvas, checking, compositing, downloads, images, masking, prompting, ranking,
+                       sam_models)
+from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
+
+if TYPE_CHECKING:
+    from pipelines.fast import FastPreset
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
 # or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
@@ -40,22 +49,49 @@ SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Eu
                  "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `validate_request` read from a request's text: the background and the canvas."""
+
+    background: backgrounds.Background
+    frame: canvas.Frame
+
+
 @dataclass
 class Prepared:
-    """What an edit needs before diffusion: the repaint mask, the edge and the final prompt."""
+    """What an edit needs before diffusion, on the canvas: the photo, the repaint mask, the edge and
+    (for `generate`) the final prompt."""
 
-    mask: np.ndarray  # full-size float32 (H, W) in [0, 1], 1 = repaint: what diffusion paints
-    layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer)
+    photo: Image.Image  # the photo on its canvas (canvas.extend_photo); the photo itself without one
+    mask: np.ndarray  # canvas-size float32 (H, W) in [0, 1], 1 = repaint: what diffusion paints
+    layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer, placed)
     mood: str
-    prompt: prompting.PromptResult
+    prompt: prompting.PromptResult | None  # None for a plain background
     notices: list[str]
 
 
-def validate_request(request: EditRequest, settings: Settings) -> None:
+@dataclass
+class Painted:
+    """The outputs before ranking, in seed order, and how they were made."""
+
+    images: list[Image.Image]  # canvas-size composites (RGBA for transparent)
+    seeds: list[int]
+    size: tuple[int, int]  # the size diffusion worked at (the canvas for a plain background)
+    prompt_2: str = ""  # what the second encoder received (prompting.second_prompt)
+    prompt_2_tokens: int = 0
+    negative_prompt: str = ""
+    concept: str | None = None  # the SLD concept as encoded; None without SLD
+    safety: SafetyPreset | None = None  # SLD as it ran (the effective warm-up); None without SLD
+
+
+def validate_request(request: EditRequest, settings: Settings) -> Plan:
     """Refuse bad requests before any slow work, with one line each.
 
     The one check of a request's values: the stages `run_edit` calls trust them. What can only be
     known later (the mood LLaVA reads, what the refined mask leaves to repaint) is checked there.
+
+    Returns:
+        The `Plan`: the parsed background (a picture loaded) and the canvas frame.
     """
     if not request.points and request.mask is None and request.subject is None:
         raise ValueError("give at least one point on the subject, or a mask")
@@ -115,12 +151,17 @@ def validate_request(request: EditRequest, settings: Settings) -> None:
     else:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
+    frame = canvas.parse_canvas(request.canvas, request.image.size, request.place, settings.max_image_pixels)
+    return Plan(backgrounds.parse_background(request.background, settings.max_image_pixels), frame)
 
 
 def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
-               ) -> tuple[np.ndarray, compositing.Matte | np.ndarray, list[str]]:
-    """The full-size repaint mask for a request (a given mask, or SAM or GrabCut from the clicks),
-    and the edge layer the composite uses (a matte, or that mask for the feather and hard edges).
+               outpaint: bool = False) -> tuple[compositing.Matte | np.ndarray, list[str]]:
+    """The edge layer the composite uses, on the photo (a matte, or the repaint mask for the feather
+    and hard edges) from a given mask, or SAM or GrabCut from the clicks; and notices.
+
+    `outpaint`: the canvas is larger than the photo, so a mask that repaints nothing of the photo
+    still leaves the new area to paint.
 
     The request has passed `validate_request` (mask and subject sizes, points, candidate range).
     """
@@ -140,7 +181,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
     # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a
     # subject all hair) and still keep it.
     cut = masking.refine_mask(subject, grow=request.grow, edit_subject=request.edit_subject)
-    if cut.max() <= 0:
+    if cut.max() <= 0 and not outpaint:
         raise ValueError("the mask leaves nothing to repaint")
     if cut.min() >= 1:
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
@@ -151,22 +192,30 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
         layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
                                        feather=request.feather, edit_subject=request.edit_subject)
-    return compositing.diffusion_mask(layer, feather=request.feather), layer, notices
+    return layer, notices
 
 
-def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
+def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: ProgressFn | None = None,
             predictor: "masking.MaskPredictor | None" = None, timings: dict[str, float] | None = None,
             seed: int | None = None) -> Prepared:
-    """Mask, mood and prompt: everything before diffusion (cheap next to it, but may wait on Ollama)."""
+    """Mask (placed on the canvas), mood and prompt: everything before diffusion (cheap next to it,
+    but may wait on Ollama). A plain background stops after the mask: no tokenizer, no Ollama."""
     timings = {} if timings is None else timings
     report = on_progress or (lambda *a: None)
     notices: list[str] = []
 
     report("mask", 0, 0, None)
     start = time.perf_counter()
-    mask, layer, mask_notices = build_mask(request, settings, predictor)
+    # The mask is made on the photo (clicks and masks are in its coordinates), then placed on the
+    # canvas, where everything outside the photo joins the region to repaint.
+    layer, mask_notices = build_mask(request, settings, predictor, outpaint=plan.frame.extends)
     notices += mask_notices
+    photo = canvas.extend_photo(request.image, plan.frame)
+    layer = canvas.place_layer(layer, plan.frame)
+    mask = compositing.diffusion_mask(layer, feather=request.feather)
     timings["mask"] = time.perf_counter() - start
+    if plan.background.plain:
+        return Prepared(photo=photo, mask=mask, layer=layer, mood="", prompt=None, notices=notices)
 
     # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
     tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
@@ -196,7 +245,7 @@ def prepare(request: EditRequest, settings: Settings, on_progress: ProgressFn | 
             temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
     notices += prompt.notices
     timings["prompt"] = time.perf_counter() - start
-    return Prepared(mask=mask, layer=layer, mood=mood, prompt=prompt, notices=notices)
+    return Prepared(photo=photo, mask=mask, layer=layer, mood=mood, prompt=prompt, notices=notices)
 
 
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
@@ -226,14 +275,12 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
         RuntimeError: the edit could not run (one line).
     """
-    from pipelines import blending, safety
-    from pipelines.erasure import with_erased_encoders
-    from pipelines.fast import use_fast
+    from pipelines import safety
 
     # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
-    validate_request(request, settings)
+    plan = validate_request(request, settings)
     fast_preset = None
-    if request.fast is not None:
+    if request.fast is not None and not plan.background.plain:
         from pipelines.fast import get_fast_preset
 
         fast_preset = get_fast_preset(request.fast)
@@ -241,12 +288,94 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
                                       guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
     seed = request.seed if request.seed is not None else random.randrange(2**32)
-    seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
     timings: dict[str, float] = {}
 
-    # 2. Mask, mood, prompt
-    ready = prepare(request, settings, on_progress, predictor, timings, seed=seed)
+    # 2. Mask on the canvas; mood and prompt (generate only)
+    ready = prepare(request, settings, plan, on_progress, predictor, timings, seed=seed)
     notices = list(ready.notices)
+
+    # 3-5. The new background under the kept layer, at the canvas's full size
+    if plan.background.plain:
+        painted = _paint_plain(request, plan, ready, seed, timings, notices)
+    else:
+        seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
+        painted = _generate(request, settings, ready, seeds, fast_preset, report, should_cancel, timings, notices)
+
+    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
+    # (a plain background gives one image, and nothing to compare it with)
+    start = time.perf_counter()
+    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    if plan.background.plain:
+        score_of, order = {}, [0]
+    else:
+        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in painted.images]
+        order = ranking.best_first(scores)
+        score_of = {painted.seeds[i]: scores[i].total for i in order}
+        timings["ranking"] = time.perf_counter() - start
+
+    # 7. The post-hoc safety check of every output, plain ones too (a cutout of the person's own
+    # photo can be what a deployment's minimum forbids): note, blur or withhold what it flags
+    start = time.perf_counter()
+    mode = checking.checker_mode(settings)
+    checked = checking.check_outputs([painted.images[i] for i in order], [painted.seeds[i] for i in order],
+                                     mode, detector)
+    notices += checked.notices
+    timings["check"] = time.perf_counter() - start
+    record = SafetyRecord(
+        preset=safety.PRESET_LABELS[request.safety] if not plan.background.plain else "none (no diffusion)",
+        warmup=painted.safety.sld_warmup_steps if painted.safety else None,
+        concept=painted.concept, checker=mode, checks=checked.checks)
+
+    frame = plan.frame
+    result = EditResult(
+        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt if ready.prompt else "",
+        prompt_tokens=ready.prompt.tokens if ready.prompt else 0, prompt_2=painted.prompt_2,
+        prompt_2_tokens=painted.prompt_2_tokens, mood=ready.mood,
+        negative_prompt=painted.negative_prompt, mask=weight,
+        scores=[score_of[s] for s in checked.seeds if s in score_of], timings=timings, notices=notices,
+        safety=record, background=plan.background.describe(),
+        canvas=dataclasses.asdict(frame) if frame.extends else None)
+
+    # 8. Save, with the parameters that reproduce each image and the check it passed
+    if save:
+        report("save", 0, 0, None)
+        start = time.perf_counter()
+        checks = {check.seed: check for check in checked.checks}
+        for image, image_seed in zip(result.images, result.seeds):
+            text = format_parameters(request, result, image_seed, painted.size, settings.sdxl_model,
+                                     painted.prompt_2, painted.safety,
+                                     checking.describe_check(checks.get(image_seed), mode),
+                                     canvas_text=frame.describe())
+            path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
+                                     index=len(result.paths))
+            if renamed:
+                notices.append(f"{renamed} exists; wrote {path} instead")
+            result.paths.append(path)
+        timings["save"] = time.perf_counter() - start
+    return result
+
+
+def _paint_plain(request: EditRequest, plan: Plan, ready: Prepared, seed: int, timings: dict[str, float],
+                 notices: list[str]) -> Painted:
+    """Steps 3-5 for a plain background: made from the photo alone, one image, no model loaded."""
+    if request.num_candidates > 1:
+        notices.append(f"a {plan.background.kind} background gives one image, not {request.num_candidates}")
+    start = time.perf_counter()
+    image = backgrounds.render(plan.background, ready.photo, ready.layer, plan.frame)
+    timings["composite"] = time.perf_counter() - start
+    # The seed names the output (and its file) as for generated ones; nothing random used it.
+    return Painted(images=[image], seeds=[seed if request.seed is not None else 0], size=image.size)
+
+
+def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: list[int],
+              fast_preset: "FastPreset | None",
+              report: ProgressFn, should_cancel: Callable[[], bool] | None, timings: dict[str, float],
+              notices: list[str]) -> Painted:
+    """Steps 3-5 for `generate`: SDXL (with erased encoders and SLD) paints the repaint region at the
+    working size, and each image is composited onto the photo at the canvas's full size."""
+    from pipelines import blending, safety
+    from pipelines.erasure import with_erased_encoders
+    from pipelines.fast import use_fast
 
     # 3. Fetch SDXL if it is not here yet (bytes as progress), load it (cached), swap in erased encoders
     downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
@@ -258,9 +387,10 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
-    # 4. Blended latent diffusion at the working size
+    # 4. Blended latent diffusion at the working size (on a canvas, the new area starts from the
+    # photo's reflected border: outpainting)
     start = time.perf_counter()
-    working = images.to_working(request.image, settings.working_pixels)
+    working = images.to_working(ready.photo, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
@@ -281,82 +411,77 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     # 5. Back to full size, compositing the decoded images once through the edge (matte, feather
     # or hard): the solid kept region is the original photo, byte for byte
     start = time.perf_counter()
-    finals = [compositing.composite(request.image, image, ready.layer) for image in blended.decoded]
+    finals = [compositing.composite(ready.photo, image, ready.layer) for image in blended.decoded]
     timings["composite"] = time.perf_counter() - start
+    return Painted(images=finals, seeds=list(blended.seeds), size=working.size, prompt_2=prompt_2,
+                   prompt_2_tokens=second.tokens, negative_prompt=negative, concept=concept,
+                   safety=blended.safety)
 
-    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
-    start = time.perf_counter()
-    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
-    scores = [ranking.score_candidate(request.image, image, 1.0 - weight) for image in finals]
-    order = ranking.best_first(scores)
-    timings["ranking"] = time.perf_counter() - start
 
-    # 7. The post-hoc safety check of every output: note, blur or withhold what it flags
-    start = time.perf_counter()
-    mode = checking.checker_mode(settings)
-    checked = checking.check_outputs([finals[i] for i in order], [blended.seeds[i] for i in order],
-                                     mode, detector)
-    notices += checked.notices
-    timings["check"] = time.perf_counter() - start
-    record = SafetyRecord(
-        preset=safety.PRESET_LABELS[request.safety],
-        warmup=blended.safety.sld_warmup_steps if blended.safety else None,
-        concept=concept, checker=mode, checks=checked.checks)
-    score_of = {blended.seeds[i]: scores[i].total for i in order}
+# --- the record programs read -------------------------------------------------------------------
 
-    result = EditResult(
-        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt,
-        prompt_tokens=ready.prompt.tokens, prompt_2=prompt_2, prompt_2_tokens=second.tokens,
-        mood=ready.mood, negative_prompt=negative, mask=weight,
-        scores=[score_of[s] for s in checked.seeds], timings=timings, notices=notices, safety=record)
+def result_record(result: EditResult, request: EditRequest) -> dict:
+    """The edit as one JSON-ready record: `python -m pipelines edit --json` prints it, `/edit` returns it.
 
-    # 8. Save, with the parameters that reproduce each image and the check it passed
-    if save:
-        report("save", 0, 0, None)
-        start = time.perf_counter()
-        effective = blended.safety
-        checks = {check.seed: check for check in checked.checks}
-        for image, image_seed in zip(result.images, result.seeds):
-            text = format_parameters(request, result, image_seed, working.size, settings.sdxl_model,
-                                     prompt_2, effective,
-                                     checking.describe_check(checks.get(image_seed), mode))
-            path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
-                                     index=len(result.paths))
-            if renamed:
-                notices.append(f"{renamed} exists; wrote {path} instead")
-            result.paths.append(path)
-        timings["save"] = time.perf_counter() - start
-    return result
+    Keys: outputs (saved paths, best first), seeds, scores, edge, background, canvas, prompt, prompt_tokens, prompt_2
+    (the second encoder's text, as used), prompt_2_tokens, mood, notices, timings (seconds per stage, rounded to ms) and safety (preset, effective warm-up δ,
+    the concept as used, and the check of every output, withheld ones included).
+    """
+    record = result.safety
+    return {
+        "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
+        "edge": request.edge, "background": result.background, "canvas": result.canvas,
+        "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
+        "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens, "mood": result.mood, "notices": result.notices,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "safety": {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
+                   "checker": record.checker,
+                   "checks": [{**asdict(check), "labels": list(check.labels)}
+                              for check in record.checks]},
+    }
 
 
 # --- saved outputs ------------------------------------------------------------------------------
 
 def format_parameters(request: EditRequest, result: EditResult, seed: int, size: tuple[int, int],
-                      model: str, prompt_2: str, effective_safety=None, safety_check: str = "off") -> str:
-    """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs."""
+                      model: str, prompt_2: str, effective_safety=None, safety_check: str = "off",
+                      canvas_text: str = "none") -> str:
+    """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs.
+
+    A plain background (`result.background` other than "generate") had no prompt, seed or model: its
+    text has an empty prompt and only the fields that made it.
+    """
     from pipelines.safety import PRESET_LABELS
 
-    safety = PRESET_LABELS[request.safety]
-    if effective_safety is not None:
-        safety += f" (warm-up {effective_safety.sld_warmup_steps} of {request.num_inference_steps} steps)"
-    fields = {
-        "Steps": request.num_inference_steps,
-        "Sampler": SAMPLER_NAMES[request.scheduler],
-        "CFG scale": request.guidance_scale,
-        "Seed": seed,
-        "Size": f"{size[0]}x{size[1]}",
-        "Model": Path(model).name if Path(model).exists() else model.split("/")[-1],
-        "Denoising strength": request.strength,
-        "Safety": safety,
-        "Erased encoder": request.erased or "none",
-        "Fast": request.fast or "off",
-        "Safety check": safety_check,
-        "Mood": result.mood or "none",
-        "Prompt 2": prompt_2,
+    fields: dict[str, object] = {}
+    if result.background == "generate":
+        safety = PRESET_LABELS[request.safety]
+        if effective_safety is not None:
+            safety += f" (warm-up {effective_safety.sld_warmup_steps} of {request.num_inference_steps} steps)"
+        fields |= {
+            "Steps": request.num_inference_steps,
+            "Sampler": SAMPLER_NAMES[request.scheduler],
+            "CFG scale": request.guidance_scale,
+            "Seed": seed,
+            "Size": f"{size[0]}x{size[1]}",
+            "Model": Path(model).name if Path(model).exists() else model.split("/")[-1],
+            "Denoising strength": request.strength,
+            "Safety": safety,
+            "Erased encoder": request.erased or "none",
+            "Fast": request.fast or "off",
+        }
+    else:
+        fields["Size"] = f"{size[0]}x{size[1]}"
+    fields["Safety check"] = safety_check
+    if result.background == "generate":
+        fields |= {"Mood": result.mood or "none", "Prompt 2": prompt_2}
+    fields |= {
         "Original size": f"{request.image.width}x{request.image.height}",
         "Backdrop edit": "subject" if request.edit_subject else "background",
         "Edge": request.edge,
         "Score": result.scores[result.seeds.index(seed)] if seed in result.seeds and result.scores else "none",
+        "Background": result.background,
+        "Canvas": canvas_text,
     }
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
     return f"{result.prompt}\nNegative prompt: {result.negative_prompt}\n{tail}"

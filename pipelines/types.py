@@ -46,6 +46,9 @@ class EditRequest:
     feather: int = 4  # soft seam width in pixels (feather edge), or extra matting band width (matte edge)
     edge: str = "matte"  # matte (alpha matting in a band), feather (ramp outside the subject) or hard
     edit_subject: bool = False  # repaint the subject instead of the background
+    background: str = "generate"  # generate, transparent, a colour, a picture file, blur[:RADIUS] (backgrounds.py)
+    canvas: str | None = None  # a larger frame: WxH, or a ratio W:H (the smallest of that shape); None: the photo's
+    place: str = "center"  # where the photo sits on the canvas: center, left, right, top, bottom
     keyword: str = ""  # the user's background keyword, any language
     mood: str | None = None  # mood keywords; None: ask the vision model
     prompt: str | None = None  # the SDXL prompt; None: ask the text model
@@ -88,12 +91,12 @@ class SafetyRecord:
 class EditResult:
     """What one edit produced."""
 
-    images: list[Image.Image]  # full-size composites, one per candidate
+    images: list[Image.Image]  # full-size composites (canvas-size; RGBA for transparent), one per candidate
     seeds: list[int]  # one per image; images and seeds are ordered best score first
-    prompt: str  # the exact prompt SDXL received
-    prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77)
-    prompt_2: str  # what the second encoder received: the prompt, then the quality words that fit
-    prompt_2_tokens: int  # its token count as tokenizer_2 reads it (weight marks left out, <= 77)
+    prompt: str  # the exact prompt SDXL received ("" for a plain background)
+    prompt_tokens: int  # its CLIP token count, BOS and EOS included (<= 77; 0 for a plain background)
+    prompt_2: str  # what the second encoder received: the prompt, then the quality words that fit ("" when plain)
+    prompt_2_tokens: int  # its token count as tokenizer_2 reads it (weight marks left out, <= 77; 0 when plain)
     mood: str
     negative_prompt: str
     mask: np.ndarray  # the new background's weight in the composite, float32 (H, W) in [0, 1]; 0 = photo kept exactly
@@ -102,3 +105,5 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notices: list[str] = field(default_factory=list)  # fallbacks, cuts, things the user should know
     safety: SafetyRecord | None = None  # preset, concept and the check of every output
+    background: str = "generate"  # the background as made (backgrounds.Background.describe)
+    canvas: dict | None = None  # {width, height, left, top, place}: the frame and the photo on it; None: no larger canvas

@@ -49,31 +49,46 @@ def tiny_sam_checkpoint(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("models") / "sam_tiny.pth")
 
 
+LLAVA_MOOD = "Stylish, modern, contemporary"  # what the fake llava answers
+LLAMA_PROMPT = "misty pine forest at dawn, soft light, award winning photograph"  # and the fake llama2
+
+
+def start_fake_ollama() -> FakeOllama:
+    """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
+    server = FakeOllama().start()
+    server.script("llava", text=LLAVA_MOOD)
+    server.script("llama2", text=LLAMA_PROMPT)
+    return server
+
+
 @pytest.fixture
 def fake_ollama():
     """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
-    server = FakeOllama().start()
-    server.script("llava", text="Stylish, modern, contemporary")
-    server.script("llama2", text="misty pine forest at dawn, soft light, award winning photograph")
+    server = start_fake_ollama()
     yield server
     server.stop()
+
+
+def make_tiny_settings(folder: Path, sdxl_dir: Path, sam_checkpoint: Path, ollama_url: str) -> Settings:
+    """Settings that point every stage at the tiny models, a fake Ollama and folders under `folder`."""
+    return Settings(
+        sdxl_model=str(sdxl_dir),
+        sam_checkpoint=sam_checkpoint,
+        sam_model_type="tiny",
+        sam_auto_download=False,
+        checkpoint_dir=folder / "checkpoints",
+        output_dir=folder / "outputs",
+        ollama_host=ollama_url,
+        ollama_timeout=10.0,
+        device="cpu",
+        working_pixels=TINY_WORKING_PIXELS,
+    )
 
 
 @pytest.fixture
 def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> Settings:
     """Settings that point every stage at the tiny models, the fake Ollama and temp folders."""
-    return Settings(
-        sdxl_model=str(tiny_sdxl_dir),
-        sam_checkpoint=tiny_sam_checkpoint,
-        sam_model_type="tiny",
-        sam_auto_download=False,
-        checkpoint_dir=tmp_path / "checkpoints",
-        output_dir=tmp_path / "outputs",
-        ollama_host=fake_ollama.url,
-        ollama_timeout=10.0,
-        device="cpu",
-        working_pixels=TINY_WORKING_PIXELS,
-    )
+    return make_tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama.url)
 
 
 def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 60, 40)) -> "Image.Image":
@@ -91,10 +106,8 @@ def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 6
     return Image.fromarray(background.astype(np.uint8), "RGB")
 
 
-@pytest.fixture
-def tiny_env(tiny_settings) -> dict:
-    """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
-    s = tiny_settings
+def app_env(s: Settings) -> dict:
+    """Environment variables that point `python app.py` / `python -m pipelines` at `s`'s models."""
     env = dict(os.environ)
     env.update({
         "BACKDROP_SDXL_MODEL": s.sdxl_model, "BACKDROP_SAM_CHECKPOINT": str(s.sam_checkpoint),
@@ -107,3 +120,9 @@ def tiny_env(tiny_settings) -> dict:
         "PYTHONPATH": env["PYTHONPATH"],  # holds tests/site (above)
     })
     return env
+
+
+@pytest.fixture
+def tiny_env(tiny_settings) -> dict:
+    """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
+    return app_env(tiny_settings)

@@ -7,56 +7,28 @@ safety slider to Hyp-Strong, generates, sees the result and downloads it. Then t
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from app_server import AppServer
 from conftest import make_photo
 from PIL import Image
 
 from pipelines.editing import read_parameters
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not __import__("os").environ.get("CI"),
                                 reason="Debian's chromium is not installed (apt-get install chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(tiny_env, tmp_path):
-    port = _free_port()
-    env = {**tiny_env, "BACKDROP_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    log, started = tmp_path / "app.log", threading.Event()
-
-    def copy_log():  # the app's output to a file, noting the line that says it serves
-        with open(log, "w") as out:
-            for line in proc.stdout:
-                out.write(line)
-                out.flush()
-                if "Running on local URL" in line:
-                    started.set()
-        started.set()  # the app exited: stop waiting
-
-    threading.Thread(target=copy_log, daemon=True).start()
-    if not started.wait(timeout=120) or proc.poll() is not None:
-        proc.kill()
-        pytest.fail("app did not start:\n" + log.read_text()[-3000:])
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
-    sys.stderr.write("--- app log (tail) ---\n" + log.read_text()[-4000:])
+    app = AppServer(tiny_env, tmp_path / "app.log")
+    if (failed := app.wait()) is not None:
+        pytest.fail(failed)
+    yield app.url
+    app.stop()
 
 
 @pytest.fixture

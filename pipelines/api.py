@@ -1,0 +1,110 @@
+"""The work behind the endpoints programs call: `/edit`, `/mask` and `/prompt`, without Gradio.
+
+`app.py` serves them (`register_api`) as Gradio API endpoints, and as MCP tools with `--mcp`: there
+live the typed signatures with their defaults and the docstrings a program or an agent reads, and
+uploaded files arrive as paths in Gradio's cache. Here those values, named like the options of
+`python -m pipelines edit`, become the same typed calls the page makes on its `Studio`:
+
+    edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `editing.result_record`
+    mask(studio, photo, ...)    -> (mask image, record)   white = repaint, as `--mask` reads it
+    prompt(studio, ...)         -> record                 the SDXL prompt and its token count
+
+The request's values are checked once, by `editing.validate_request` inside `run_edit` (the
+deployment's safety minimum included); only what exists nowhere else (the points' text, a mask given
+together with points) is checked here. Errors are one-line `ValueError`s, shortened by `app.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from pipelines import editing, images, masking
+from pipelines.batch import parse_points
+from pipelines.studio import Studio
+from pipelines.types import EditRequest, EditResult
+
+
+def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: str, mood: str, prompt: str,
+         negative_prompt: str, safety: str, erased: str, steps: int, guidance: float, strength: float,
+         seed: int | None, candidates: int, edge: str, grow: int, feather: int, edit_subject: bool,
+         session: str) -> tuple[EditResult, dict]:
+    """Run one edit as `python -m pipelines edit` would, on the page's shared models and GPU.
+
+    Args:
+        studio: the page's `Studio` (shared SAM predictor, cancel flags).
+        photo: path of the photo file.
+        points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels (L: 1 subject, the default; 0 not subject).
+        mask: path of a mask image (white = repaint), instead of points; None to use the points.
+        keyword, mood, prompt, negative_prompt, erased: as the command line's options; "" = not given.
+        safety: an SLD level; "" = the lowest this deployment allows (`Settings.min_safety`).
+        steps, guidance, strength, seed, candidates, edge, grow, feather, edit_subject: as the
+            command line's options (seed None = random).
+        session: who asked (the caller's Gradio session); `studio.cancel(session)` stops the edit.
+
+    Returns:
+        (the result, its record as `edit --json` prints it).
+
+    Raises:
+        ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory, RuntimeError:
+        the edit could not run.
+    """
+    settings = studio.settings
+    image = images.load_image(photo, settings.max_image_pixels)
+    clicks = parse_points(points or "")
+    if mask is not None and clicks:
+        raise ValueError("give points or a mask, not both")
+    request = EditRequest(
+        image=image, points=clicks, mask=images.load_mask(mask, image.size) if mask is not None else None,
+        grow=grow, feather=feather, edge=edge, edit_subject=edit_subject, keyword=keyword or "",
+        mood=mood or None, prompt=prompt or None, negative_prompt=negative_prompt or None,
+        safety=safety or settings.min_safety, erased=erased or None, num_inference_steps=steps,
+        guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates)
+    result = studio.edit(request, session)
+    return result, editing.result_record(result, request)
+
+
+def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int) -> tuple[Image.Image, dict]:
+    """The mask the clicks make, as the PNG `/edit`'s `mask` (and `--mask`) reads back.
+
+    Args:
+        studio: the page's `Studio` (its SAM predictor, or GrabCut without one).
+        photo: path of the photo file.
+        points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels.
+        candidate: which of SAM's three masks, 0 = the best-scoring.
+        grow: grow (>0) or shrink (<0) the subject by this many pixels.
+
+    Returns:
+        (mode "L" image at the photo's size, 255 = repaint (the background), 0 = kept (the subject);
+        {"scores": SAM's predicted IoU of its three candidates, best first (0 for GrabCut),
+        "method": "sam" or "grabcut", "candidate": the one drawn, "notices": fallbacks}).
+    """
+    image = images.load_image(photo, studio.settings.max_image_pixels)
+    if not 0 <= candidate < editing.MASK_CANDIDATES:
+        raise ValueError(f"mask candidate must be between 0 and {editing.MASK_CANDIDATES - 1}, got {candidate}")
+    predictor, notices = studio.predictor()
+    prediction = masking.predict_masks(image, parse_points(points or ""), predictor)
+    repaint = masking.refine_mask(prediction.masks[candidate], grow=grow)
+    record = {"scores": [round(float(s), 4) for s in prediction.scores], "method": prediction.method,
+              "candidate": candidate, "notices": notices + [n for n in prediction.notices if n not in notices]}
+    return Image.fromarray((repaint * 255).astype(np.uint8), "L"), record
+
+
+def prompt(studio: Studio, *, keyword: str, mood: str, photo: str | None) -> dict:
+    """The SDXL prompt Llama 2 writes from a keyword and a mood (LLaVA's, from the photo, when no
+    mood is given), cut to SDXL's 77 CLIP tokens.
+
+    Returns:
+        {"prompt": the text SDXL would receive, "prompt_tokens": its CLIP tokens with BOS and EOS,
+        "mood": the mood used, "source": "llm" or "template" (the fallback), "notices": fallbacks, cuts}.
+    """
+    notices: list[str] = []
+    mood = (mood or "").strip()
+    if not mood and photo is not None:
+        image = images.load_image(photo, studio.settings.max_image_pixels)
+        # As on the page: the photo is remembered, so an /edit or /mask on it finds SAM's embedding.
+        read = studio.mood(studio.add_photo(image))
+        mood, notices = read.mood, list(read.notices)
+    written = studio.write_prompt(keyword or "", mood)
+    return {"prompt": written.prompt, "prompt_tokens": written.tokens, "mood": mood, "source": written.source,
+            "notices": notices + written.notices}
