@@ -27,7 +27,7 @@ import gradio as gr
 from gradio import processing_utils
 from PIL import Image
 
-from pipelines.page import (BRUSHES, GenerateForm, PageState, Stroke, candidate_choices, captions,
+from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
@@ -115,6 +115,13 @@ class Page:
     feather: gr.Slider
     edit: gr.Radio
     edge: gr.Radio
+    background: gr.Radio
+    background_color: gr.ColorPicker
+    background_picture: gr.File
+    blur_radius: gr.Slider
+    canvas: gr.Radio
+    canvas_size: gr.Textbox
+    place: gr.Radio
     mask_upload: gr.File
     mask_invert: gr.Checkbox
     mask_download: gr.Button
@@ -166,6 +173,7 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 
 def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
+    from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
     from pipelines.fast import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
@@ -202,6 +210,18 @@ def build_layout(settings: Settings) -> Page:
                     w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
                     w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
                                          info="matte: soft edges (hair) lose the old background")
+                w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background", elem_id="background",
+                                           info="all but generate need no keyword and no SDXL")
+                with gr.Row():
+                    w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
+                    w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
+                                                      type="filepath", elem_id="background-picture", height=120)
+                    w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)")
+                with gr.Row():
+                    w["canvas"] = gr.Radio(list(CANVASES), value="original", label="Canvas", elem_id="canvas",
+                                           info="a larger frame; what the photo does not cover is repainted")
+                    w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080")
+                    w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas")
                 with gr.Row():
                     with gr.Column():
                         w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"], type="filepath",
@@ -430,8 +450,12 @@ class Handlers:
             raise gr.Error("click the subject (or upload a mask) first")
         image = self.studio.image(state.key)
         typed = (form.mood or "").strip() or (form.prompt or "").strip()
-        photo_mood = None if typed else self.studio.mood(state.key).mood  # usually ready since the upload
-        request = form.to_request(state, image, photo_mood)
+        # Usually ready since the upload; a plain background needs no mood.
+        photo_mood = None if typed or form.plain else self.studio.mood(state.key).mood
+        try:
+            request = form.to_request(state, image, photo_mood)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
 
         def on_progress(stage, i, n, preview_image):
             if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
