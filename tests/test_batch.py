@@ -101,12 +101,12 @@ def test_automatic_subject_finds_the_centred_subject_with_grabcut():
 
 def test_batch_records_every_row_goes_on_after_bad_ones_and_resumes(cli_env, tmp_path, photos, tiny_settings):
     manifest = _write_csv(
-        photos / "edits.csv", "photo,points,mask,prompt,seed,candidates",
-        'a.png,"80,60;5,5,0",,a forest,11,',        # clicks (quoted: they hold commas)
-        "b.png,,right.png,,12,",                    # a mask; keyword from the flags -> fake Ollama
-        "missing.png,,,,,",                         # no such photo
-        'a.png,"500,10",,,13,',                     # a click outside the photo
-        "b.png,,,a beach,14,2")                     # automatic subject, two candidates
+        photos / "edits.csv", "photo,points,mask,prompt,seed,candidates,edge",
+        'a.png,"80,60;5,5,0",,a forest,11,,',       # clicks (quoted: they hold commas)
+        "b.png,,right.png,,12,,hard",               # a mask (hard edge: the kept half exact); keyword from the flags
+        "missing.png,,,,,,",                        # no such photo
+        'a.png,"500,10",,,13,,',                    # a click outside the photo
+        "b.png,,,a beach,14,2,")                    # automatic subject, two candidates
     out = tmp_path / "out"
     args = ["batch", str(manifest), "--out", str(out), "--keyword", "forest", "--steps", "2", "--no-progress"]
     assert main(args) == 1
@@ -143,9 +143,9 @@ def test_batch_records_every_row_goes_on_after_bad_ones_and_resumes(cli_env, tmp
         {n: records[n]["outputs"] for n in (1, 2, 5)}
 
     # Fixed rows and a changed parameter: only those run, the old outputs stay; all done -> exit 0.
-    _write_csv(manifest, "photo,points,mask,prompt,seed,candidates",
-               'a.png,"80,60;5,5,0",,a forest,11,', "b.png,,right.png,,12,",
-               'a.png,"80,60",,,13,', "b.png,,,a beach,99,2")
+    _write_csv(manifest, "photo,points,mask,prompt,seed,candidates,edge",
+               'a.png,"80,60;5,5,0",,a forest,11,,', "b.png,,right.png,,12,,hard",
+               'a.png,"80,60",,,13,,', "b.png,,,a beach,99,2,")
     assert main(args) == 0
     last = {r["row"]: r for r in _records(out)[10:]}
     assert [last[n]["status"] for n in range(1, 5)] == ["skipped", "skipped", "done", "done"]
