@@ -598,7 +598,9 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
              mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
              steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
              candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
-             edit_subject: bool = False, request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
+             edit_subject: bool = False, background: str = "generate", background_picture: gr.FileData | None = None,
+             canvas: str = "", place: str = "center", fast: str = "",
+             request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
         """Change a photo's background (or its subject) and keep the rest pixel-exact.
         Say where the subject is with points on it, or with a mask.
 
@@ -621,6 +623,11 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             grow: grow (>0) or shrink (<0) the subject by this many pixels.
             feather: soft seam width in pixels.
             edit_subject: repaint the subject instead of the background.
+            background: generate (SDXL, default), transparent, a colour ("white", "#1e90ff") or blur / blur:RADIUS; no model is loaded for the plain ones.
+            background_picture: a picture file to use as the background instead (scaled to cover the frame).
+            canvas: a larger frame, "WxH" or a ratio "16:9" (the smallest of that shape holding the photo); empty = the photo's own size.
+            place: where the photo sits on the canvas: center, left, right, top or bottom.
+            fast: a few-step preset, e.g. "lightning-4step"; empty = the standard steps.
 
         Returns:
             the edited images as PNG files, best first
@@ -634,7 +641,9 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
                 studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
                 negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
                 strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
-                edit_subject=edit_subject, session=request.session_hash if request else "api")
+                edit_subject=edit_subject, session=request.session_hash if request else "api",
+                background=background, background_picture=_file(background_picture), canvas=canvas, place=place,
+                fast=fast)
         except Cancelled as exc:
             raise gr.Error("cancelled") from exc
         except API_FAILURES as exc:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pipelines import (backgrounds, canvas, checking, compositing, downloads, images, masking, prompting, ranking,
-                       sam_models)
+from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, prompting,
+                       ranking, sam_models)
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
@@ -301,24 +301,11 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
         painted = _generate(request, settings, ready, seeds, fast_preset, report, should_cancel, timings, notices)
 
-    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
-    # (a plain background gives one image, and nothing to compare it with)
-    start = time.perf_counter()
-    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
-    if plan.background.plain:
-        score_of, order = {}, [0]
-    else:
-        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in painted.images]
-        order = ranking.best_first(scores)
-        score_of = {painted.seeds[i]: scores[i].total for i in order}
-        timings["ranking"] = time.perf_counter() - start
-
-    # 7. The post-hoc safety check of every output, plain ones too (a cutout of the person's own
-    # photo can be what a deployment's minimum forbids): note, blur or withhold what it flags
+    # 6. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
+    # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
     start = time.perf_counter()
     mode = checking.checker_mode(settings)
-    checked = checking.check_outputs([painted.images[i] for i in order], [painted.seeds[i] for i in order],
-                                     mode, detector)
+    checked = checking.check_outputs(painted.images, painted.seeds, mode, detector)
     notices += checked.notices
     timings["check"] = time.perf_counter() - start
     record = SafetyRecord(
@@ -326,13 +313,24 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         warmup=painted.safety.sld_warmup_steps if painted.safety else None,
         concept=painted.concept, checker=mode, checks=checked.checks)
 
+    # 7. Score each delivered candidate (seam, light) and order them best first; each keeps its own
+    # seed (a plain background gives one image, and nothing to compare it with)
+    start = time.perf_counter()
+    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    if plan.background.plain:
+        scores, order = [], list(range(len(checked.images)))
+    else:
+        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in checked.images]
+        order = ranking.best_first(scores)
+        timings["ranking"] = time.perf_counter() - start
+
     frame = plan.frame
     result = EditResult(
-        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt if ready.prompt else "",
+        images=[checked.images[i] for i in order], seeds=[checked.seeds[i] for i in order], prompt=ready.prompt.prompt if ready.prompt else "",
         prompt_tokens=ready.prompt.tokens if ready.prompt else 0, prompt_2=painted.prompt_2,
         prompt_2_tokens=painted.prompt_2_tokens, mood=ready.mood,
         negative_prompt=painted.negative_prompt, mask=weight,
-        scores=[score_of[s] for s in checked.seeds if s in score_of], timings=timings, notices=notices,
+        scores=[scores[i].total for i in order] if scores else [], timings=timings, notices=notices,
         safety=record, background=plan.background.describe(),
         canvas=dataclasses.asdict(frame) if frame.extends else None)
 
@@ -377,10 +375,13 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     from pipelines.erasure import with_erased_encoders
     from pipelines.fast import use_fast
 
-    # 3. Fetch SDXL if it is not here yet (bytes as progress), load it (cached), swap in erased encoders
+    # 3. Fetch SDXL if it is not here yet (bytes as progress), make room on the GPU (Ollama's models
+    # may hold it), load SDXL (cached), swap in erased encoders
     downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
     report("load", 0, 0, None)
     start = time.perf_counter()
+    working = images.to_working(ready.photo, settings.working_pixels)
+    notices += gpu_room.make_room_for_edit(settings, working.size, sld=request.safety != "off")
     components = blending.load_sdxl_from_settings(settings)
     notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
     components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
@@ -390,7 +391,6 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     # 4. Blended latent diffusion at the working size (on a canvas, the new area starts from the
     # photo's reflected border: outpainting)
     start = time.perf_counter()
-    working = images.to_working(ready.photo, settings.working_pixels)
     working_mask = images.resize_mask(ready.mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
@@ -400,12 +400,18 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
-    blended = blending.blend(
-        components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
-        negative_prompt=negative, num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
-        safety=preset, sld_concept=concept, scheduler=request.scheduler,
-        on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
+    try:
+        blended = blending.blend(
+            components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
+            negative_prompt=negative, num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
+            safety=preset, sld_concept=concept, scheduler=request.scheduler,
+            on_step=lambda i, n, preview: report("diffusion", i, n, preview), should_cancel=should_cancel)
+    except blending.GpuOutOfMemory as err:
+        hint = gpu_room.oom_hint(prompting.make_client(settings.ollama_host, settings.ollama_timeout))
+        if not hint:
+            raise
+        raise blending.GpuOutOfMemory(f"{err}. {hint}") from err
     timings["diffusion"] = time.perf_counter() - start
 
     # 5. Back to full size, compositing the decoded images once through the edge (matte, feather

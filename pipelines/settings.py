@@ -38,6 +38,7 @@ SCHEDULERS = ("euler", "dpmpp_2m")
 ATTENTION = ("sdpa", "classic")  # PyTorch's fused scaled_dot_product_attention, or diffusers' plain matmuls
 AUTO_ON_OFF = ("auto", "on", "off")  # auto: on where it is known to help (CUDA), on: wherever it can run
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes for the UNet
+OLLAMA_UNLOAD_MODES = ("auto", "always", "never")  # when Ollama's models leave the GPU before diffusion
 
 
 def _setting(default: Any, env: str, flag: str, help: str, choices: tuple[str, ...] | None = None):
@@ -79,6 +80,10 @@ class Settings:
     ollama_keep_alive: str = _setting(
         "10m", "BACKDROP_OLLAMA_KEEP_ALIVE", "--ollama-keep-alive",
         "how long Ollama keeps a model loaded after a request")
+    ollama_unload: str = _setting(
+        "auto", "BACKDROP_OLLAMA_UNLOAD", "--ollama-unload",
+        "before diffusion on CUDA, ask Ollama to free the GPU memory its models hold: auto (when SDXL "
+        "would not fit beside them), always or never", OLLAMA_UNLOAD_MODES)
     llm_temperature: float = _setting(
         0.7, "BACKDROP_LLM_TEMPERATURE", "--llm-temperature", "sampling temperature of both LLMs")
     # --- compute ------------------------------------------------------------------------------

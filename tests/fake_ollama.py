@@ -2,12 +2,15 @@
 
 The official `ollama` client talks to it over real HTTP. Each model is scripted with a reply (text, a
 delay, an HTTP error); a model that is not scripted answers 404 "not found, try pulling it first",
-as Ollama does. Every request body is recorded in `requests`.
+as Ollama does. Every request body is recorded in `requests`. Models "in memory" are listed by
+`/api/ps` with the bytes they hold on the GPU; a generate request without a prompt and with
+`keep_alive: 0` unloads one, as Ollama does.
 
     server = FakeOllama().start()
     server.script("llava", text="calm, warm, cozy")
     server.script("llama2", status=500, error="out of memory")
     server.script("llama2", text="a slow reply", chunk_delay=0.5)  # streamed a word every 0.5 s
+    server.loaded["llava:latest"] = 4_500_000_000  # `ollama ps` lists it, 4.5 GB on the GPU
     ...  # point the code at server.url
     server.stop()
 
@@ -50,6 +53,7 @@ class FakeOllama:
     scripts: dict[str, Script] = field(default_factory=dict)
     pullable: dict[str, Script] = field(default_factory=dict)  # models /api/pull can install
     requests: list[Recorded] = field(default_factory=list)
+    loaded: dict[str, int] = field(default_factory=dict)  # models in memory -> bytes on the GPU (/api/ps)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -150,6 +154,11 @@ def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
                            "size": 1, "digest": "0" * 64, "details": {"family": "llama"}}
                           for m in fake.scripts]
                 return self._send_json(200, {"models": models})
+            if self.path == "/api/ps":
+                models = [{"name": m, "model": m, "size": vram, "digest": "0" * 64, "size_vram": vram,
+                           "expires_at": _now(), "details": {"family": "llama"}}
+                          for m, vram in list(fake.loaded.items())]
+                return self._send_json(200, {"models": models})
             if self.path in ("/", "/api/version"):
                 return self._send_json(200, {"version": "0.0.0-fake"})
             self._send_json(404, {"error": "not found"})
@@ -167,6 +176,12 @@ def _handler_for(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
             model = str(body.get("model") or body.get("name") or "")
             if self.path == "/api/pull":
                 return self._pull(model, body)
+            if self.path == "/api/generate" and body.get("keep_alive") == 0 and not body.get("prompt"):
+                # Ollama's way to unload a model now: no prompt, keep_alive 0.
+                fake.loaded.pop(model, None)
+                fake.loaded.pop(f"{model}:latest", None)
+                return self._send_json(200, {"model": model, "created_at": _now(), "response": "",
+                                             "done": True, "done_reason": "unload"})
             script = fake._find(model)
             if script is None:
                 return self._send_json(404, {"error": f'model "{model}" not found, try pulling it first'})

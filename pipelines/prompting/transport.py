@@ -7,6 +7,8 @@ and the fix (not running, model not pulled, HTTP error, not Ollama's JSON, too s
     client = OllamaClient("http://127.0.0.1:11434", timeout=60)
     client.chat("llama2", [{"role": "user", "content": "..."}], {"temperature": 0.7}, "10m")
     client.missing_models(("llava", "llama2"))   # ["llama2"]: not pulled yet
+    client.loaded()                               # {"llava:latest": 4_800_000_000}: `ollama ps`
+    client.unload(["llava:latest"])               # keep_alive 0: its GPU memory is freed
 
 `ollama` and `httpx` are imported where used, so importing this module is cheap.
 """
@@ -79,12 +81,36 @@ class OllamaClient:
         Raises:
             OllamaUnavailable: Ollama could not be asked (one line naming the cause and the fix).
         """
-        try:
-            listed = _run_with_deadline(lambda cancel: self.client.list(), self.timeout, "Ollama")
-        except Exception as e:  # noqa: BLE001 - every failure becomes one line
-            raise OllamaUnavailable(self.explain(e, "Ollama")) from e
+        listed = self._ask(self.client.list, "Ollama")
         names = {m.model for m in listed.models if m.model}
         return [m for m in models if not _is_installed(m, names)]
+
+    def loaded(self) -> dict[str, int]:
+        """The models Ollama holds in memory now (`ollama ps`), each with the bytes it holds on a GPU:
+        {"llava:latest": 4_800_000_000, ...}; 0 for a model Ollama runs on the CPU.
+
+        Raises:
+            OllamaUnavailable: Ollama could not be asked (one line naming the cause and the fix).
+        """
+        listed = self._ask(self.client.ps, "Ollama")
+        return {m.model or m.name or "?": int(m.size_vram or 0) for m in listed.models}
+
+    def unload(self, models: list[str] | tuple[str, ...]) -> None:
+        """Ask Ollama to free `models`' memory now: a generate request without a prompt and with
+        `keep_alive: 0` for each, which is how Ollama's API says "unload" (as `ollama stop` does).
+
+        Raises:
+            OllamaUnavailable: one line naming the model, the cause and the fix.
+        """
+        for model in models:
+            self._ask(lambda m=model: self.client.generate(model=m, keep_alive=0), model)
+
+    def _ask(self, call: Callable[[], Any], what: str) -> Any:
+        """`call()` within the time-out, any failure as one `OllamaUnavailable` line."""
+        try:
+            return _run_with_deadline(lambda cancel: call(), self.timeout, what)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            raise OllamaUnavailable(self.explain(e, what)) from e
 
     def pull(self, model: str, on_progress: Callable[[str, int, int], None] | None = None) -> None:
         """Download `model` into Ollama (`ollama pull`); the time-out bounds each wait for progress.
