@@ -386,7 +386,7 @@ class Handlers:
     def clear_strokes(self, state: PageState, candidate: int | None, grow: int):
         return self.undo_stroke(state, candidate, grow, keep=0)
 
-    def mask(self, state: PageState, path: str | None, invert: bool, grow: int):
+    def use_mask(self, state: PageState, path: str | None, invert: bool, grow: int):
         """-> state, photo, candidate after a mask was uploaded, removed or inverted. An uploaded
         mask replaces the clicks (read as the command line's `--mask`: white = repaint)."""
         from pipelines.images import load_mask
@@ -539,9 +539,9 @@ def wire(page: Page, on: Handlers) -> None:
         p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
         p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
         masked = ([p.state, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate])
-        p.mask_upload.upload(on.mask, *masked, api_visibility=PAGE_ONLY)
-        p.mask_upload.clear(on.mask, *masked, api_visibility=PAGE_ONLY)
-        p.mask_invert.input(on.mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_upload.upload(on.use_mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_upload.clear(on.use_mask, *masked, api_visibility=PAGE_ONLY)
+        p.mask_invert.input(on.use_mask, *masked, api_visibility=PAGE_ONLY)
         p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file],
                               api_visibility=PAGE_ONLY)
         p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4,
