@@ -27,7 +27,7 @@ import gradio as gr
 from gradio import processing_utils
 from PIL import Image
 
-from pipelines.page import (BRUSHES, GenerateForm, PageState, Stroke, candidate_choices, captions,
+from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
@@ -115,6 +115,13 @@ class Page:
     feather: gr.Slider
     edit: gr.Radio
     edge: gr.Radio
+    background: gr.Radio
+    background_color: gr.ColorPicker
+    background_picture: gr.File
+    blur_radius: gr.Slider
+    canvas: gr.Radio
+    canvas_size: gr.Textbox
+    place: gr.Radio
     mask_upload: gr.File
     mask_invert: gr.Checkbox
     mask_download: gr.Button
@@ -166,6 +173,7 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 
 def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
+    from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
     from pipelines.fast import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
@@ -202,6 +210,18 @@ def build_layout(settings: Settings) -> Page:
                     w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
                     w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
                                          info="matte: soft edges (hair) lose the old background")
+                w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background", elem_id="background",
+                                           info="all but generate need no keyword and no SDXL")
+                with gr.Row():
+                    w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
+                    w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
+                                                      type="filepath", elem_id="background-picture", height=120)
+                    w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)")
+                with gr.Row():
+                    w["canvas"] = gr.Radio(list(CANVASES), value="original", label="Canvas", elem_id="canvas",
+                                           info="a larger frame; what the photo does not cover is repainted")
+                    w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080")
+                    w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas")
                 with gr.Row():
                     with gr.Column():
                         w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"], type="filepath",
@@ -430,8 +450,12 @@ class Handlers:
             raise gr.Error("click the subject (or upload a mask) first")
         image = self.studio.image(state.key)
         typed = (form.mood or "").strip() or (form.prompt or "").strip()
-        photo_mood = None if typed else self.studio.mood(state.key).mood  # usually ready since the upload
-        request = form.to_request(state, image, photo_mood)
+        # Usually ready since the upload; a plain background needs no mood.
+        photo_mood = None if typed or form.plain else self.studio.mood(state.key).mood
+        try:
+            request = form.to_request(state, image, photo_mood)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
 
         def on_progress(stage, i, n, preview_image):
             if stage == "download":  # i of n bytes: "Downloading SDXL 2.1 / 6.9 GB"
@@ -497,25 +521,31 @@ def wire(page: Page, on: Handlers) -> None:
     p = page
     with p.demo:
         p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
-                       concurrency_limit=None, api_visibility=PAGE_ONLY).then(on.mood, [p.state, p.mood], [p.mood, p.notices],
-                                                    concurrency_limit=None, api_visibility=PAGE_ONLY)
-        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate], api_visibility=PAGE_ONLY)
+                       concurrency_limit=None, api_visibility=PAGE_ONLY).then(
+            on.mood, [p.state, p.mood], [p.mood, p.notices], concurrency_limit=None, api_visibility=PAGE_ONLY)
+        p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],
+                      api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
-                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2, api_visibility=PAGE_ONLY)
-        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam", api_visibility=PAGE_ONLY)
+                       [p.state, p.photo, p.candidate, p.notices], concurrency_id="sam", concurrency_limit=2,
+                       api_visibility=PAGE_ONLY)
+        p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam",
+                     api_visibility=PAGE_ONLY)
         p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate], api_visibility=PAGE_ONLY)
         p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
         p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
         brushed = [p.state, p.candidate, p.grow]
-        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo], api_visibility=PAGE_ONLY)
+        p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo],
+                        api_visibility=PAGE_ONLY)
         p.undo_stroke.click(on.undo_stroke, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
         p.clear_strokes.click(on.clear_strokes, brushed, [p.state, p.photo], api_visibility=PAGE_ONLY)
         masked = ([p.state, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate])
         p.mask_upload.upload(on.mask, *masked, api_visibility=PAGE_ONLY)
         p.mask_upload.clear(on.mask, *masked, api_visibility=PAGE_ONLY)
         p.mask_invert.input(on.mask, *masked, api_visibility=PAGE_ONLY)
-        p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file], api_visibility=PAGE_ONLY)
-        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4, api_visibility=PAGE_ONLY)
+        p.mask_download.click(on.mask_file, [p.state, p.candidate, p.grow, p.edit], [p.mask_file],
+                              api_visibility=PAGE_ONLY)
+        p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4,
+                      api_visibility=PAGE_ONLY)
         p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False, api_visibility=PAGE_ONLY)
         p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False, api_visibility=PAGE_ONLY)
         p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False, api_visibility=PAGE_ONLY)
@@ -568,7 +598,9 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
              mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
              steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
              candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
-             edit_subject: bool = False, request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
+             edit_subject: bool = False, background: str = "generate", background_picture: gr.FileData | None = None,
+             canvas: str = "", place: str = "center", fast: str = "",
+             request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
         """Change a photo's background (or its subject) and keep the rest pixel-exact.
         Say where the subject is with points on it, or with a mask.
 
@@ -591,6 +623,11 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             grow: grow (>0) or shrink (<0) the subject by this many pixels.
             feather: soft seam width in pixels.
             edit_subject: repaint the subject instead of the background.
+            background: generate (SDXL, default), transparent, a colour ("white", "#1e90ff") or blur / blur:RADIUS; no model is loaded for the plain ones.
+            background_picture: a picture file to use as the background instead (scaled to cover the frame).
+            canvas: a larger frame, "WxH" or a ratio "16:9" (the smallest of that shape holding the photo); empty = the photo's own size.
+            place: where the photo sits on the canvas: center, left, right, top or bottom.
+            fast: a few-step preset, e.g. "lightning-4step"; empty = the standard steps.
 
         Returns:
             the edited images as PNG files, best first
@@ -604,7 +641,9 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
                 studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
                 negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
                 strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
-                edit_subject=edit_subject, session=request.session_hash if request else "api")
+                edit_subject=edit_subject, session=request.session_hash if request else "api",
+                background=background, background_picture=_file(background_picture), canvas=canvas, place=place,
+                fast=fast)
         except Cancelled as exc:
             raise gr.Error("cancelled") from exc
         except API_FAILURES as exc:
@@ -704,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     # through Gradio's cache (see Handlers.generate).
     demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
                 share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                mcp_server=args.mcp, js=BRUSH_JS)
+                js=BRUSH_JS, mcp_server=args.mcp)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import editing, images, masking
+from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
 from pipelines.studio import Studio
 from pipelines.types import EditRequest, EditResult
@@ -28,7 +29,8 @@ from pipelines.types import EditRequest, EditResult
 def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: str, mood: str, prompt: str,
          negative_prompt: str, safety: str, erased: str, steps: int, guidance: float, strength: float,
          seed: int | None, candidates: int, edge: str, grow: int, feather: int, edit_subject: bool,
-         session: str) -> tuple[EditResult, dict]:
+         session: str, background: str = "generate", background_picture: str | None = None,
+         canvas: str = "", place: str = "center", fast: str = "") -> tuple[EditResult, dict]:
     """Run one edit as `python -m pipelines edit` would, on the page's shared models and GPU.
 
     Args:
@@ -41,6 +43,10 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         steps, guidance, strength, seed, candidates, edge, grow, feather, edit_subject: as the
             command line's options (seed None = random).
         session: who asked (the caller's Gradio session); `studio.cancel(session)` stops the edit.
+        background: generate, transparent, a colour (CSS name or #rrggbb), blur or blur:RADIUS.
+        background_picture: path of an uploaded picture to use as the background (overrides `background`).
+        canvas, place: a larger frame (WxH or W:H; "" = the photo's) and where the photo sits on it.
+        fast: a few-step preset (`fast.FAST_PRESETS`); "" = standard.
 
     Returns:
         (the result, its record as `edit --json` prints it).
@@ -54,12 +60,18 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
     clicks = parse_points(points or "")
     if mask is not None and clicks:
         raise ValueError("give points or a mask, not both")
+    if background_picture is not None:
+        background = background_picture
+    elif picture_path(background or "generate") is not None:
+        # A server path would let a caller read any image the server can (another person's result).
+        raise ValueError("a picture background comes as the background_picture file, not a path")
     request = EditRequest(
         image=image, points=clicks, mask=images.load_mask(mask, image.size) if mask is not None else None,
         grow=grow, feather=feather, edge=edge, edit_subject=edit_subject, keyword=keyword or "",
         mood=mood or None, prompt=prompt or None, negative_prompt=negative_prompt or None,
         safety=safety or settings.min_safety, erased=erased or None, num_inference_steps=steps,
-        guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates)
+        guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates,
+        background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None)
     result = studio.edit(request, session)
     return result, editing.result_record(result, request)
 

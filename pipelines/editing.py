@@ -301,24 +301,11 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
         painted = _generate(request, settings, ready, seeds, fast_preset, report, should_cancel, timings, notices)
 
-    # 6. Score each candidate (seam, light) and order them best first; each keeps its own seed
-    # (a plain background gives one image, and nothing to compare it with)
-    start = time.perf_counter()
-    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
-    if plan.background.plain:
-        score_of, order = {}, [0]
-    else:
-        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in painted.images]
-        order = ranking.best_first(scores)
-        score_of = {painted.seeds[i]: scores[i].total for i in order}
-        timings["ranking"] = time.perf_counter() - start
-
-    # 7. The post-hoc safety check of every output, plain ones too (a cutout of the person's own
-    # photo can be what a deployment's minimum forbids): note, blur or withhold what it flags
+    # 6. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
+    # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
     start = time.perf_counter()
     mode = checking.checker_mode(settings)
-    checked = checking.check_outputs([painted.images[i] for i in order], [painted.seeds[i] for i in order],
-                                     mode, detector)
+    checked = checking.check_outputs(painted.images, painted.seeds, mode, detector)
     notices += checked.notices
     timings["check"] = time.perf_counter() - start
     record = SafetyRecord(
@@ -326,13 +313,24 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         warmup=painted.safety.sld_warmup_steps if painted.safety else None,
         concept=painted.concept, checker=mode, checks=checked.checks)
 
+    # 7. Score each delivered candidate (seam, light) and order them best first; each keeps its own
+    # seed (a plain background gives one image, and nothing to compare it with)
+    start = time.perf_counter()
+    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    if plan.background.plain:
+        scores, order = [], list(range(len(checked.images)))
+    else:
+        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in checked.images]
+        order = ranking.best_first(scores)
+        timings["ranking"] = time.perf_counter() - start
+
     frame = plan.frame
     result = EditResult(
-        images=checked.images, seeds=checked.seeds, prompt=ready.prompt.prompt if ready.prompt else "",
+        images=[checked.images[i] for i in order], seeds=[checked.seeds[i] for i in order], prompt=ready.prompt.prompt if ready.prompt else "",
         prompt_tokens=ready.prompt.tokens if ready.prompt else 0, prompt_2=painted.prompt_2,
         prompt_2_tokens=painted.prompt_2_tokens, mood=ready.mood,
         negative_prompt=painted.negative_prompt, mask=weight,
-        scores=[score_of[s] for s in checked.seeds if s in score_of], timings=timings, notices=notices,
+        scores=[scores[i].total for i in order] if scores else [], timings=timings, notices=notices,
         safety=record, background=plan.background.describe(),
         canvas=dataclasses.asdict(frame) if frame.extends else None)
 

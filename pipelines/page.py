@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 
 from pipelines import masking
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, PRESET_LABELS, get_preset
@@ -33,6 +33,8 @@ from pipelines.types import ClickPoint, EditRequest
 DISPLAY_SIDE = 1280  # the longest side of the clickable preview; clicks are mapped back to the photo
 BRUSHES = {"add to subject": True, "remove from subject": False}  # the page's brushes: paints subject?
 MAX_STROKE_POINTS = 10_000  # a stroke is a polyline; more points than this is not a mouse drag
+BACKGROUNDS = ("generate", "transparent", "colour", "picture", "blur")  # the page's Background choice
+CANVASES = ("original", "1:1", "4:5", "16:9", "9:16", "custom")  # the page's Canvas choice
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,13 @@ class GenerateForm:
     edit: str = "background"  # "background" or "subject": what is repainted
     edge: str = "matte"  # compositing.EDGE_MODES: how the kept subject meets the new background
     fast: str = "off"  # a few-step LoRA preset (fast.FAST_PRESETS), or "off"
+    background: str = "generate"  # one of BACKGROUNDS
+    background_color: str = "#ffffff"  # for "colour": as the colour picker gives it (#rrggbb or rgba(...))
+    background_picture: str | None = None  # for "picture": the uploaded file's path
+    blur_radius: float = 0  # for "blur": the Gaussian sigma in pixels; 0 = from the photo's size
+    canvas: str = "original"  # one of CANVASES
+    canvas_size: str = ""  # for "custom": WxH
+    place: str = "center"  # where the photo sits on a larger canvas (canvas.PLACES)
 
     def to_request(self, state: PageState, image: Image.Image, photo_mood: str | None = None) -> EditRequest:
         """The edit this form asks for, on the session's photo with its chosen mask.
@@ -181,6 +190,10 @@ class GenerateForm:
             state: the session, with a subject (the page checks that one was clicked or uploaded).
             image: the session's full-size photo.
             photo_mood: the mood LLaVA read at upload, used when neither a mood nor a prompt is typed.
+
+        Raises:
+            ValueError: a background or canvas choice that lacks its value (one line); the values
+                themselves are checked by `editing.validate_request`.
         """
         mood, prompt = (self.mood or "").strip(), (self.prompt or "").strip()
         if not mood and not prompt:
@@ -195,7 +208,38 @@ class GenerateForm:
             num_inference_steps=int(self.steps), guidance_scale=float(self.guidance),
             strength=float(self.strength), seed=None if self.random_seed else int(self.seed or 0),
             num_candidates=int(self.candidates), scheduler=self.scheduler,
-            fast=None if self.fast in (None, "off") else self.fast)
+            fast=None if self.fast in (None, "off") else self.fast,
+            background=self.background_value(), canvas=self.canvas_value(), place=self.place)
+
+    @property
+    def plain(self) -> bool:
+        """A background made from pixels alone: no SDXL, no mood, no prompt."""
+        return self.background != "generate"
+
+    def background_value(self) -> str:
+        """The Background choice as `--background` reads it."""
+        if self.background == "colour":
+            try:
+                return "#{:02x}{:02x}{:02x}".format(*ImageColor.getrgb((self.background_color or "").strip())[:3])
+            except ValueError as err:
+                raise ValueError(f"unknown colour {self.background_color!r}") from err
+        if self.background == "picture":
+            if not self.background_picture:
+                raise ValueError("upload a picture for the background")
+            return self.background_picture
+        if self.background == "blur":
+            return f"blur:{float(self.blur_radius):g}" if self.blur_radius and self.blur_radius > 0 else "blur"
+        return self.background
+
+    def canvas_value(self) -> str | None:
+        """The Canvas choice as `--canvas` reads it; None for the photo's own frame."""
+        if self.canvas in (None, "original"):
+            return None
+        if self.canvas == "custom":
+            if not (self.canvas_size or "").strip():
+                raise ValueError("type the canvas size as WxH, e.g. 1920x1080")
+            return self.canvas_size.strip()
+        return self.canvas
 
 
 def preview(state: PageState, image_width: int, candidate: int | None = 0, grow: int = 0) -> Image.Image:

@@ -21,7 +21,7 @@ from pipelines.prompting import count_tokens
 USER = ("ada", "lovelace-1843")
 # The keys of `python -m pipelines edit --json` (tests/test_cli.py reads the same record).
 RECORD_KEYS = {"outputs", "seeds", "scores", "edge", "prompt", "prompt_tokens", "prompt_2", "prompt_2_tokens", "mood",
-               "notices", "timings", "safety"}
+               "notices", "timings", "safety", "background", "canvas"}
 NOT_AN_IMAGE = "the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)"
 
 
@@ -123,6 +123,21 @@ def test_bad_input_gets_one_line(client, tmp_path, photo):
     with pytest.raises(AppError) as refused:
         client.predict(photo=handle_file(str(photo)), points="80,60", steps=0, api_name="/edit")
     assert str(refused.value) == "steps must be between 1 and 200, got 0"
+
+
+def test_a_plain_background_on_a_wider_canvas(client, photo, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    images, record = client.predict(photo=handle_file(str(photo)), points="80,60", edge="hard",
+                                    background="white", canvas="1:1", place="top", api_name="/edit")
+    assert record["background"].startswith("color") and record["canvas"]["width"] == 160
+    result = np.asarray(Image.open(images[0]).convert("RGB"))
+    assert result.shape == (160, 160, 3)
+    assert (result[121:, :] == 255).all()  # below the photo (placed at the top): the colour, exactly
+    with pytest.raises(AppError) as refused:  # a server path would read any image the server has
+        client.predict(photo=handle_file(str(photo)), points="80,60", background=str(photo), api_name="/edit")
+    assert str(refused.value) == "a picture background comes as the background_picture file, not a path"
 
 
 def test_prompt_from_keyword_and_mood_or_from_the_photo(client, photo, clip_tokenizers):

@@ -257,3 +257,17 @@ def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, t
     # ... and comes back out as the same PNG.
     out, _ = _download_mask(page, tmp_path, "uploaded", href)
     assert np.array_equal(out, mask)
+
+    # A white background on a square canvas with the hard edge: no model, exact pixels. The photo
+    # sits in the middle of a 160x160 frame; where the mask repaints, and all around, it is white.
+    page.locator("#edge").get_by_text("hard").click()
+    page.locator("#background").get_by_text("colour").click()
+    page.locator("#canvas").get_by_text("1:1").click()
+    page.locator("#generate").click()
+    saved = _download(page, tmp_path, "white")
+    expected = np.full((160, 160, 3), 255, np.uint8)
+    expected[20:140, :100] = original[:, :100]  # the kept part, byte for byte
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), expected)
+    params = read_parameters(saved)
+    assert params["Background"] == "color #ffffff" and params["Edge"] == "hard"
+    assert params["Canvas"] == "160x160, photo at 0,20 (center)"

@@ -179,12 +179,14 @@ def test_an_edit_records_the_check_in_the_result_and_the_png(tiny_settings):
         (11, True, ("BUTTOCKS_EXPOSED",), "blurred"), (12, True, ("BUTTOCKS_EXPOSED",), "blurred")]
     # The detector saw the finished composites (BGR); what was delivered and saved is their blur.
     assert len(detector.seen) == 2
-    for image, seen in zip(flagged.images, detector.seen):
+    # Checked in seed order (11, 12); delivered best first (ranking), so match them by seed.
+    for seed, seen in zip((11, 12), detector.seen):
+        image = flagged.images[flagged.seeds.index(seed)]
         original = Image.fromarray(np.ascontiguousarray(seen[:, :, ::-1]))
         assert original.size == (160, 120)
         assert image.tobytes() == checking.blur_image(original).tobytes() != original.tobytes()
     assert Image.open(flagged.paths[0]).tobytes() == flagged.images[0].tobytes()
-    params = read_parameters(flagged.paths[1])
+    params = read_parameters(flagged.paths[flagged.seeds.index(12)])
     assert params["Safety check"] == "flagged BUTTOCKS_EXPOSED (blurred)" and params["Seed"] == "12"
 
 

@@ -284,3 +284,37 @@ def test_with_a_ray_address_the_studio_sends_the_edit_to_the_cluster(monkeypatch
     assert studio.edit(request, "me", lambda *a: progress.append(a)) == "result"
     assert sent == [(request, "ray://head:10001", False)] and progress == [("remote", 0, 0, None)]
     assert studio.cancel("me") is False  # finished: nothing left to cancel
+
+
+def test_background_and_canvas_choices_become_the_command_lines_values(tmp_path):
+    photo = make_photo(160, 120)
+    state = _brushed_state(photo)
+    picture = tmp_path / "brand.png"
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(picture)
+    base = GenerateForm(keyword="forest")
+    cases = [
+        (dict(), "generate", None, "center"),
+        (dict(background="transparent"), "transparent", None, "center"),
+        (dict(background="colour", background_color="rgba(255, 128, 0, 1)"), "#ff8000", None, "center"),
+        (dict(background="colour", background_color="#1E90FF"), "#1e90ff", None, "center"),
+        (dict(background="picture", background_picture=str(picture)), str(picture), None, "center"),
+        (dict(background="blur"), "blur", None, "center"),
+        (dict(background="blur", blur_radius=24.0), "blur:24", None, "center"),
+        (dict(canvas="16:9", place="left"), "generate", "16:9", "left"),
+        (dict(background="colour", canvas="custom", canvas_size=" 200x150 ", place="top"), "#ffffff", "200x150", "top"),
+    ]
+    for change, background, canvas, place in cases:
+        form = dataclasses.replace(base, **change)
+        request = form.to_request(state, photo)
+        assert (request.background, request.canvas, request.place) == (background, canvas, place), change
+        assert form.plain == (background != "generate")
+        validate_request(request, Settings())  # what the page sends passes the edge check
+    for change, message in [(dict(background="picture"), "^upload a picture for the background$"),
+                            (dict(canvas="custom", canvas_size=" "), "^type the canvas size as WxH"),
+                            (dict(background="colour", background_color="nope"), "^unknown colour 'nope'$")]:
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(base, **change).to_request(state, photo)
+    # A size that cannot hold the photo is the edge check's to refuse, with the smallest that can.
+    small = dataclasses.replace(base, canvas="custom", canvas_size="100x100").to_request(state, photo)
+    with pytest.raises(ValueError, match="the smallest that can is 160x120"):
+        validate_request(small, Settings())
