@@ -126,12 +126,13 @@ def test_growth_is_measured_from_the_end_of_the_warm_up(rss, expected):
 from test_app_browser import app_url  # noqa: E402, F401 - the real `python app.py` with the tiny models
 
 QUEUE_SIZE = 1  # requests waiting beyond those running (BACKDROP_QUEUE_SIZE)
-PROMPT_SLOTS = 4  # "Write prompt" requests that run at once (app.py's concurrency_limit)
+PROMPT_SLOTS = 4  # /prompt requests (the API behind "Write prompt") that run at once (app.py's concurrency_limit)
 
 
 @pytest.fixture
 def tiny_env(tiny_env):
-    return {**tiny_env, "BACKDROP_QUEUE_SIZE": str(QUEUE_SIZE)}
+    # Ollama's replies are made slow on purpose below: wait for them rather than use the template.
+    return {**tiny_env, "BACKDROP_QUEUE_SIZE": str(QUEUE_SIZE), "BACKDROP_OLLAMA_TIMEOUT": "60"}
 
 
 def _wait_for(condition, describe=lambda: "", seconds: float = 30.0) -> None:
@@ -143,30 +144,42 @@ def _wait_for(condition, describe=lambda: "", seconds: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _outcome(job) -> str:
+    """A job's status, or its error once it has failed (for an assertion's message)."""
+    if not job.done():
+        return job.status().code.name
+    try:
+        return f"done: {job.result()}"
+    except Exception as exc:  # noqa: BLE001 - shown, not handled
+        return f"failed: {exc}"
+
+
 def test_a_full_queue_says_busy_and_loses_nothing(app_url, fake_ollama):
     from gradio_client import Client
     from gradio_client.utils import QueueError, Status
 
     client = Client(app_url, verbose=False)
-    assert client.predict("warm", "calm", api_name="/write_prompt")[0]  # tokenizers loaded once
-    fake_ollama.script("llama2", text="misty pine forest at dawn", delay=6.0)  # each reply takes 6 s
+    assert client.predict(keyword="warm", mood="calm", api_name="/prompt")["prompt"]  # tokenizers loaded once
+    fake_ollama.script("llama2", text="misty pine forest at dawn", delay=10.0)  # each reply takes 10 s
     chats = len(fake_ollama.bodies("/api/chat"))
-    running = [client.submit(f"forest {n}", "calm", api_name="/write_prompt") for n in range(PROMPT_SLOTS)]
-    # All four running, each waiting on Ollama's slow reply
-    _wait_for(lambda: len(fake_ollama.bodies("/api/chat")) - chats == PROMPT_SLOTS
-              and all(job.status().code == Status.PROCESSING for job in running),
-              lambda: (len(fake_ollama.bodies("/api/chat")) - chats, [job.status() for job in running]))
-    waiting = [client.submit(f"forest {PROMPT_SLOTS + n}", "calm", api_name="/write_prompt")
+    # One at a time, each until it waits on Ollama's slow reply: a burst would race Gradio's count
+    # of waiting requests (two arriving together can both count as waiting, and one be refused).
+    running = []
+    for n in range(PROMPT_SLOTS):
+        running.append(client.submit(keyword=f"forest {n}", mood="calm", api_name="/prompt"))
+        _wait_for(lambda: len(fake_ollama.bodies("/api/chat")) - chats == len(running),
+                  lambda: (len(fake_ollama.bodies("/api/chat")) - chats, [_outcome(job) for job in running]))
+    waiting = [client.submit(keyword=f"forest {PROMPT_SLOTS + n}", mood="calm", api_name="/prompt")
                for n in range(QUEUE_SIZE)]
     _wait_for(lambda: all(job.status().code == Status.IN_QUEUE for job in waiting),
               lambda: [job.status() for job in waiting])
     accepted = running + waiting
-    refused = client.submit("forest late", "calm", api_name="/write_prompt")
+    refused = client.submit(keyword="forest late", mood="calm", api_name="/prompt")
     with pytest.raises(QueueError, match="Queue is full! Please try again"):  # the page: "busy. Please try again"
         refused.result(timeout=30)
     # Nothing lost: every accepted request finishes with its prompt, and the refused one, sent again, runs.
-    assert [job.result(timeout=60)[0] for job in accepted] == ["misty pine forest at dawn"] * len(accepted)
-    assert client.predict("forest again", "calm", api_name="/write_prompt")[0] == "misty pine forest at dawn"
+    assert [job.result(timeout=60)["prompt"] for job in accepted] == ["misty pine forest at dawn"] * len(accepted)
+    assert client.predict(keyword="forest again", mood="calm", api_name="/prompt")["prompt"] == "misty pine forest at dawn"
     keywords = [body["messages"][-1]["content"] for body in fake_ollama.bodies("/api/chat")]
     assert sum("forest late" in k for k in keywords) == 0
     assert sum("forest again" in k for k in keywords) == 1
