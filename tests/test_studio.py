@@ -14,7 +14,9 @@ from pipelines.types import ClickPoint, EditRequest
 
 
 def test_upload_starts_embedding_and_mood_and_clicks_reuse_them(tiny_settings, fake_ollama):
-    studio = Studio(tiny_settings)
+    # A predictor slot of its own (the one SAM cache is per process, keyed by the settings): other
+    # tests' embeddings of the same synthetic photo must not count here.
+    studio = Studio(dataclasses.replace(tiny_settings, sam_cache_size=7))
     photo = make_photo(160, 120)
     key = studio.add_photo(photo)
     assert studio.add_photo(photo.copy()) == key  # same pixels, same photo: nothing started twice
