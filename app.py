@@ -531,7 +531,10 @@ def wire(page: Page, on: Handlers) -> None:
         p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam",
                      api_visibility=PAGE_ONLY)
         p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate], api_visibility=PAGE_ONLY)
-        p.candidate.change(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
+        # `input`, not `change`: a click, undo or mask upload already returns the preview with its
+        # candidate, and a second preview of the same pixels rewrites the same cached file while the
+        # browser is still reading it.
+        p.candidate.input(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
         p.grow.release(on.refine, [p.state, p.candidate, p.grow], [p.photo], api_visibility=PAGE_ONLY)
         brushed = [p.state, p.candidate, p.grow]
         p.stroke.change(on.stroke, [p.state, p.stroke, p.candidate, p.grow], [p.state, p.photo],

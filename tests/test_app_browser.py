@@ -209,6 +209,14 @@ def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, t
     clicked, href = _download_mask(page, tmp_path, "clicked")
     assert 0 < (clicked == 255).mean() < 1 and set(np.unique(clicked)) == {0, 255}  # white = repaint
 
+    # Picking another candidate shows and uses its mask; picking the first again brings it back.
+    for label, same in (("2 (score", False), ("1 (score", True)):
+        before = _photo_src(page)
+        page.get_by_text(label).click()
+        _wait_photo_changed(page, before)
+        picked, href = _download_mask(page, tmp_path, f"picked-{label[0]}", href)
+        assert np.array_equal(picked, clicked) == same
+
     # Paint along row 30 from x 90 to 150, brush 10 preview pixels wide: with "add to subject" where
     # the click's mask mostly repaints there (the tiny SAM's mask is arbitrary), else "remove".
     row = clicked[30, 90:151]
