@@ -180,7 +180,10 @@ def build_layout(settings: Settings) -> Page:
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
     w = {}
-    with gr.Blocks(title="Backdrop") as demo:
+    # Every preview and served result is a file in Gradio's cache: checked hourly, a file older than
+    # `cache_hours` goes (a page open that long shows broken images; its saved photos are kept).
+    hours = settings.cache_hours * 3600
+    with gr.Blocks(title="Backdrop", delete_cache=(min(3600, hours), hours)) as demo:
         w["state"], w["results"] = gr.State(PageState()), gr.State([])
         gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.")
         with gr.Row():

@@ -141,6 +141,9 @@ class Settings:
         50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB")
     queue_size: int = _setting(
         16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused")
+    cache_hours: int = _setting(
+        24, "BACKDROP_CACHE_HOURS", "--cache-hours",
+        "hours Gradio's cache keeps previews and served results (saved photos stay in the output folder)")
     # --- many GPUs ----------------------------------------------------------------------------
     ray_address: str | None = _setting(
         None, "BACKDROP_RAY_ADDRESS", "--ray",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -217,3 +218,43 @@ def test_mcp_is_refused_with_a_login():
     with pytest.raises(SystemExit) as exited:
         app.main(["--mcp", "--auth", "ada:lovelace"])
     assert str(exited.value) == "error: --mcp cannot be combined with --auth (Gradio's MCP server has no login)"
+
+
+def test_served_results_leave_gradios_cache_after_the_configured_hours(tmp_path, monkeypatch):
+    """A long-running page does not fill the disk: what `publish` hands out is a file this app's
+    Blocks tracks, and Gradio's hourly sweep removes it once older than BACKDROP_CACHE_HOURS."""
+    import time
+
+    import app
+    from gradio import route_utils
+    from pipelines.settings import Settings
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    page = app.build_layout(Settings(cache_hours=2))
+    assert page.demo.delete_cache == (3600, 2 * 3600)
+    saved = tmp_path / "outputs" / "edit.png"
+    saved.parent.mkdir()
+    saved.write_bytes(b"\x89PNG result")
+    served = page.files.move_resource_to_block_cache(str(saved))
+    assert Path(served).exists() and Path(served).parent != saved.parent
+    route_utils.delete_files_created_by_app(page.demo, age=2 * 3600)
+    assert Path(served).exists()  # young: kept
+    now = time.time()
+    monkeypatch.setattr(route_utils, "datetime", _Clock(now + 2 * 3600 + 60))
+    route_utils.delete_files_created_by_app(page.demo, age=2 * 3600)
+    assert not Path(served).exists() and saved.exists()  # the cached copy went, the saved photo stayed
+
+
+class _Clock:
+    """`datetime` as route_utils uses it, with `now()` at a chosen time."""
+
+    def __init__(self, now: float):
+        import datetime
+
+        self._now, self._datetime = now, datetime.datetime
+
+    def now(self):
+        return self._datetime.fromtimestamp(self._now)
+
+    def fromtimestamp(self, stamp):
+        return self._datetime.fromtimestamp(stamp)

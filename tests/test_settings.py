@@ -47,6 +47,7 @@ def test_flags_override_environment():
     ({"BACKDROP_OLLAMA_TIMEOUT": "-3"}, "BACKDROP_OLLAMA_TIMEOUT='-3' is not valid"),
     ({"BACKDROP_MIN_SAFETY": "extreme"}, "BACKDROP_MIN_SAFETY='extreme' is not valid"),
     ({"BACKDROP_VAE_TILING": "maybe"}, "BACKDROP_VAE_TILING='maybe' is not valid: expected true or false"),
+    ({"BACKDROP_CACHE_HOURS": "0"}, "BACKDROP_CACHE_HOURS='0' is not valid: expected a positive number"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ValueError) as err:
