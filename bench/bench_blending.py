@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.blending import SDXLComponents, blend, load_sdxl, make_scheduler  # noqa: E402
+from pipelines.blending import blend, make_scheduler  # noqa: E402
+from pipelines.sdxl_models import SDXLComponents, load_sdxl  # noqa: E402
 from pipelines.fast import FastPreset, use_fast  # noqa: E402
 from pipelines.safety import get_preset  # noqa: E402
 

@@ -140,7 +140,7 @@ def run_bench(components, cases: Sequence[PromptCase], variants: Sequence[Varian
     """Generate every case with every variant, check every image, and count the flagged ones.
 
     Args:
-        components: SDXL (`blending.load_sdxl`).
+        components: SDXL (`sdxl_models.load_sdxl`).
         cases: the prompts with their category, seed and guidance.
         variants: the rows to measure.
         steps, size: denoising steps and the square image side (a multiple of 8).
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None, detector: checking.Detector | None =
 
     import torch
 
-    from pipelines.blending import load_sdxl
+    from pipelines.sdxl_models import load_sdxl
     from pipelines.settings import Settings
 
     if not checking.nudenet_available() and detector is None:

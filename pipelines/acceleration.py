@@ -180,7 +180,7 @@ def warm_up(components, size: tuple[int, int] = (1024, 1024), batches: tuple[str
     Without compile it still initialises cuDNN and the allocator, so it is cheap and harmless.
 
     Args:
-        components: `blending.SDXLComponents`.
+        components: `sdxl_models.SDXLComponents`.
         size: the working size (width, height), multiples of 8: compile specialises on it.
         batches: "cfg" (prompt + negative: the default edit), "sld" (+ the safety concept), "single"
             (guidance 1, as the Fast presets run).

@@ -41,10 +41,10 @@ class EditWorker:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
-        from pipelines import blending, downloads, prompting, sam_models
+        from pipelines import downloads, prompting, sam_models, sdxl_models
 
         start = time.perf_counter()
-        blending.load_sdxl_from_settings(settings)
+        sdxl_models.load_sdxl_from_settings(settings)
         sam_models.get_predictor(settings)
         prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
         return time.perf_counter() - start

@@ -241,7 +241,7 @@ def _fetch(url: str, part: Path, offset: int, digest, expected_size: int | None,
 # ----------------------------------------------------------------------------------------------
 # SDXL
 # ----------------------------------------------------------------------------------------------
-# The parts the app loads (blending.load_sdxl) and the name of each one's weights file.
+# The parts the app loads (sdxl_models.load_sdxl) and the name of each one's weights file.
 SDXL_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
                 "text_encoder": "model", "text_encoder_2": "model"}
 TOKENIZER_FILES = ["tokenizer/*", "tokenizer_2/*"]

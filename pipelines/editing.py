@@ -371,7 +371,7 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
               notices: list[str]) -> Painted:
     """Steps 3-5 for `generate`: SDXL (with erased encoders and SLD) paints the repaint region at the
     working size, and each image is composited onto the photo at the canvas's full size."""
-    from pipelines import blending, safety
+    from pipelines import blending, safety, sdxl_models
     from pipelines.erasure import with_erased_encoders
     from pipelines.fast import use_fast
 
@@ -382,7 +382,7 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     start = time.perf_counter()
     working = images.to_working(ready.photo, settings.working_pixels)
     notices += gpu_room.make_room_for_edit(settings, working.size, sld=request.safety != "off")
-    components = blending.load_sdxl_from_settings(settings)
+    components = sdxl_models.load_sdxl_from_settings(settings)
     notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
     components, erased_notices = with_erased_encoders(components, request.erased, settings.erased_dir)
     notices += erased_notices

@@ -211,7 +211,7 @@ def with_erased_encoders(components, name: str | None, erased_dir: Path) -> tupl
     offloaded modules rest; otherwise on `components.device`; always in `components.dtype`.
 
     Args:
-        components: a `blending.SDXLComponents` (any dataclass with `text_encoder`,
+        components: a `sdxl_models.SDXLComponents` (any dataclass with `text_encoder`,
             `text_encoder_2`, `original_text_encoder`, `original_text_encoder_2`, `model_id`,
             `device`, `dtype` and `cpu_offload` fields).
         name: one of `list_erased(erased_dir)`, or None for the original encoders.

@@ -172,7 +172,7 @@ class Studio:
     # --- status ------------------------------------------------------------------------------
     def status_lines(self) -> list[str]:
         """One line per component (SAM, Ollama, SDXL), each saying what to do when it is missing."""
-        from pipelines.blending import sdxl_status
+        from pipelines.sdxl_models import sdxl_status
 
         s = self.settings
         missing = downloads.sdxl_missing(s)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from tiny_lora import tiny_unet_output
 
-from pipelines import acceleration, blending
+from pipelines import acceleration, blending, sdxl_models
 from pipelines.acceleration import SpeedOptions, attention_processors, plan_speed, warm_up
-from pipelines.blending import blend, load_sdxl, load_sdxl_from_settings
+from pipelines.blending import blend
+from pipelines.sdxl_models import load_sdxl, load_sdxl_from_settings
 from pipelines.settings import Settings
 
 ALL_ON = SpeedOptions(attention="sdpa", channels_last="on", fuse_qkv="on", vae_bf16="on")
@@ -21,10 +22,10 @@ ALL_ON = SpeedOptions(attention="sdpa", channels_last="on", fuse_qkv="on", vae_b
 @pytest.fixture(autouse=True)
 def keep_the_model_cache():
     """Loads with other options here must not push the shared tiny SDXL out of the cache."""
-    saved = blending._CACHE.copy()
+    saved = sdxl_models._CACHE.copy()
     yield
-    blending._CACHE.clear()
-    blending._CACHE.update(saved)
+    sdxl_models._CACHE.clear()
+    sdxl_models._CACHE.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from scipy.ndimage import gaussian_filter
 from test_cli import _run
 from test_compositing import NEW_BACKGROUND, _magenta_excess, _scene, fuzzy_edge
 
-from pipelines import backgrounds, batch, blending, canvas, compositing, downloads, images, masking, prompting
+from pipelines import backgrounds, batch, canvas, compositing, downloads, images, masking, prompting, sdxl_models
 from pipelines.editing import read_parameters, run_edit, validate_request
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
@@ -35,7 +35,7 @@ def offline(tmp_path, monkeypatch) -> Settings:
 
     monkeypatch.setattr(prompting, "load_tokenizers", refuse)
     monkeypatch.setattr(prompting, "make_client", refuse)
-    monkeypatch.setattr(blending, "load_sdxl_from_settings", refuse)
+    monkeypatch.setattr(sdxl_models, "load_sdxl_from_settings", refuse)
     monkeypatch.setattr(downloads, "sdxl_folder", refuse)
     return Settings(sdxl_model=str(tmp_path / "nowhere"), ollama_host="http://127.0.0.1:9",
                     output_dir=tmp_path / "outputs", device="cpu")

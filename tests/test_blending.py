@@ -13,20 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import blending
+from pipelines import blending, sdxl_models
 from pipelines.blending import (
     BlendResult,
     Cancelled,
     GpuOutOfMemory,
-    SDXLComponents,
     blend,
     encode_image,
     encode_prompt,
     latent_mask,
-    load_sdxl,
-    load_sdxl_from_settings,
-    sdxl_status,
 )
+from pipelines.sdxl_models import SDXLComponents, load_sdxl, load_sdxl_from_settings, sdxl_status
 from pipelines.safety import default_sld_concept, effective_preset, get_preset
 from pipelines.settings import Settings
 
@@ -129,12 +126,12 @@ def test_missing_weights_give_one_line_saying_what_to_download(tmp_path):
 
 
 def test_sdxl_status_is_one_line_and_loads_nothing():
-    cached = dict(blending._CACHE)
+    cached = dict(sdxl_models._CACHE)
     assert sdxl_status(Settings(device="cpu", sdxl_model="/nowhere")) == (
         "SDXL on cpu (float32): slow, a GPU is recommended")
     assert sdxl_status(Settings(device="cuda", sdxl_model="/nowhere")) == "SDXL on cuda (float16)"
     assert sdxl_status(Settings(device="cuda:1", cpu_offload=True)) == "SDXL on cuda:1 (float16), CPU offload"
-    assert blending._CACHE == cached  # no model was loaded (a missing folder would have raised)
+    assert sdxl_models._CACHE == cached  # no model was loaded (a missing folder would have raised)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from conftest import make_photo
 
 from pipelines import __main__ as cli
 from pipelines import downloads
-from pipelines.blending import load_sdxl
+from pipelines.sdxl_models import load_sdxl
 from pipelines.downloads import download_checkpoint, sdxl_folder
 from pipelines.editing import run_edit
 from pipelines.settings import Settings

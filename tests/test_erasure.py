@@ -324,7 +324,7 @@ def test_list_erased_and_bad_names(tmp_path, erased, erased_dir):
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def components(tiny_sdxl_dir):
-    from pipelines.blending import load_sdxl
+    from pipelines.sdxl_models import load_sdxl
 
     return load_sdxl(str(tiny_sdxl_dir), "cpu", torch.float32)
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from tiny_lora import save_random_lora, tiny_unet_output
 
-from pipelines import blending, fast
-from pipelines.blending import FEW_STEP_SAMPLERS, blend, load_sdxl, make_scheduler
+from pipelines import blending, fast, sdxl_models
+from pipelines.blending import FEW_STEP_SAMPLERS, blend, make_scheduler
+from pipelines.sdxl_models import load_sdxl
 from pipelines.fast import FAST_PRESETS, FastPreset, use_fast
 
 
@@ -155,7 +156,7 @@ def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
     mask[:, 80:] = 1.0  # a given mask: no SAM needed
     request = EditRequest(image=photo, mask=mask, prompt="a beach", mood="", seed=3, fast="lightning-4step",
                           safety="medium")
-    shared = blending.load_sdxl_from_settings(tiny_settings)
+    shared = sdxl_models.load_sdxl_from_settings(tiny_settings)
     try:
         result = run_edit(request, tiny_settings)
         assert fast.fused_preset(shared.unet) == "lightning-4step"

@@ -621,7 +621,7 @@ def test_what_each_text_encoder_receives(tiny_settings, clip_tokenizers):
 
     from conftest import make_photo
 
-    from pipelines.blending import load_sdxl_from_settings
+    from pipelines.sdxl_models import load_sdxl_from_settings
     from pipelines.editing import run_edit
     from pipelines.types import EditRequest
 
@@ -657,7 +657,8 @@ def test_what_each_text_encoder_receives(tiny_settings, clip_tokenizers):
 def test_weights_scale_the_second_encoders_hidden_states(tiny_sdxl_dir, clip_tokenizers):
     import torch
 
-    from pipelines.blending import encode_prompt, load_sdxl
+    from pipelines.blending import encode_prompt
+    from pipelines.sdxl_models import load_sdxl
 
     components = load_sdxl(str(tiny_sdxl_dir))
     scene = "misty forest"
