@@ -3,10 +3,11 @@
 The tiny SDXL and SAM of the tests (built in code, saved to a temporary folder, loaded back by the
 app's loaders), a synthetic photo per row with its prompt given (no Ollama), through
 `batch.run_batch` exactly as `python -m pipelines batch` runs it. Each Ray worker holds one CPU and
-one torch thread. Worker start-up (process, imports, models) is timed apart from the rows: it is
-paid once per worker, not per row.
+one torch thread. Worker start-up (process, imports, models, and a first row on each worker, which
+loads pymatting's compiled kernels and warms torch as this process's warm-up run does) is timed
+apart from the rows: it is paid once per worker, not per row.
 
-    python bench/bench_batch.py [--rows 8] [--steps 4] [--side 256] [--cpus 2]
+    python bench/bench_batch.py [--rows 8] [--steps 4] [--side 256] [--cpus 2] [--edge matte]
 
 Prints a Markdown table.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--side", type=int, default=256, help="the working size's side, pixels")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--edge", default="matte", help="every row's edge (matte, feather or hard)")
     args = parser.parse_args()
 
     import ray
@@ -50,11 +52,11 @@ def main() -> None:
     for n in range(args.rows):
         make_photo(320, 240, seed=n).save(folder / f"photo{n}.png")
     rows = [{"photo": f"photo{n}.png", "points": "160,120", "seed": str(n)} for n in range(args.rows)]
-    defaults = {"prompt": "a misty forest", "steps": args.steps}
+    defaults = {"prompt": "a misty forest", "steps": args.steps, "edge": args.edge}
 
-    def run(name: str, workers: int | None) -> float:
+    def run(name: str, workers: int | None, count: int = args.rows) -> float:
         out = folder / name
-        tasks = batch.make_tasks(rows, defaults, folder, out, settings)
+        tasks = batch.make_tasks(rows[:count], defaults, folder, out, settings)
         start = time.perf_counter()
         records = batch.run_batch(tasks, settings, out, workers=workers, progress=False)
         seconds = time.perf_counter() - start
@@ -74,13 +76,16 @@ def main() -> None:
         start = time.perf_counter()
         actors = cluster.get_workers(workers)
         ray.get([actor.ready.remote(settings) for actor in actors])
+        # A first row on every worker (the queue hands each worker one of the first `workers` rows).
+        run(f"warm-up-ray{workers}", workers, count=workers)
         startup = time.perf_counter() - start
         table.append((f"Ray, {workers} worker{'s' * (workers > 1)}", f"{startup:.1f}", run(f"ray{workers}", workers)))
     cluster.stop_workers()
     ray.shutdown()
 
     load = os.getloadavg()[0]
-    print(f"{args.rows} rows of 320x240 photos, working size {args.side}x{args.side}, {args.steps} steps; "
+    print(f"{args.rows} rows of 320x240 photos, working size {args.side}x{args.side}, {args.steps} steps, "
+          f"{args.edge} edge; "
           f"local cluster start-up {cluster_seconds:.1f} s; load average {load:.1f} on {os.cpu_count()} cores\n")
     print("| run | worker start-up (s, new workers) | rows (s) | rows per minute | vs 1 worker |")
     print("| --- | ---: | ---: | ---: | ---: |")

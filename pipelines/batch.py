@@ -82,7 +82,7 @@ class Task:
         """The row's results.jsonl record."""
         base = {"row": self.row, "photo": str(self.photo), "key": self.key, "status": status,
                 "outputs": [], "seeds": [], "prompt": None, "mood": None, "notices": [], "error": None,
-                "seconds": None}
+                "seconds": None, "timings": {}}
         return base | values
 
 
@@ -241,7 +241,8 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
         return task.record("failed", error=_one_line(exc), seconds=round(time.perf_counter() - start, 3))
     return task.record("done", outputs=[str(p) for p in result.paths], seeds=result.seeds, prompt=result.prompt,
                        mood=result.mood, notices=notices + result.notices,
-                       seconds=round(time.perf_counter() - start, 3))
+                       seconds=round(time.perf_counter() - start, 3),
+                       timings={stage: round(seconds, 3) for stage, seconds in result.timings.items()})
 
 
 def _one_line(exc: BaseException) -> str:

@@ -119,6 +119,8 @@ def test_batch_records_every_row_goes_on_after_bad_ones_and_resumes(cli_env, tmp
     assert records[2]["mood"] == "Stylish, modern, contemporary" and records[2]["seeds"] == [12]
     assert sorted(records[5]["seeds"]) == [14, 15] and len(records[5]["outputs"]) == 2  # ranked: best first
     assert records[5]["notices"][0].startswith("automatic subject")
+    # Where each done row's time went, as `--json` says for one edit; a failed row has none.
+    assert {"mask", "prompt", "diffusion", "save"} <= set(records[1]["timings"]) and records[3]["timings"] == {}
 
     # Row 1 is exactly the edit its cells describe.
     [first] = records[1]["outputs"]
