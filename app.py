@@ -27,6 +27,7 @@ import gradio as gr
 from gradio import processing_utils
 from PIL import Image
 
+from pipelines.errors import one_line
 from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
@@ -293,11 +294,6 @@ def _candidates(state: PageState) -> gr.Radio:
     return gr.Radio(choices=choices, value=0 if choices else None)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class Handlers:
     """What each event does, on typed values; the only place that raises `gr.Error`."""
 
@@ -472,7 +468,7 @@ class Handlers:
             gr.Warning("Cancelled.")
             return (gr.skip(),) * 9
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
-            raise gr.Error(_one_line(exc)) from exc
+            raise gr.Error(one_line(exc)) from exc
         # Images, seeds, scores and paths are aligned and best first; the safety check may have
         # withheld some (or all) of the candidates asked for.
         served = [self.publish(str(p)) for p in result.paths]
@@ -653,7 +649,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         except Cancelled as exc:
             raise gr.Error("cancelled") from exc
         except API_FAILURES as exc:
-            raise gr.Error(_one_line(exc)) from exc
+            raise gr.Error(one_line(exc)) from exc
         return [_served(publish(str(path))) for path in result.paths], record
 
     def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
@@ -673,7 +669,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         try:
             image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
         except API_FAILURES as exc:
-            raise gr.Error(_one_line(exc)) from exc
+            raise gr.Error(one_line(exc)) from exc
         return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
 
     def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
@@ -692,7 +688,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
         try:
             return api.prompt(studio, keyword=keyword, mood=mood, photo=_file(photo))
         except API_FAILURES as exc:
-            raise gr.Error(_one_line(exc)) from exc
+            raise gr.Error(one_line(exc)) from exc
 
     with demo:
         gr.api(edit, api_name="edit", concurrency_id="gpu", concurrency_limit=1)

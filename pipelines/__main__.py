@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipelines.errors import one_line
 from pipelines.fast import FAST_PRESETS
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_batch(args, settings)
         return cmd_edit(args, settings)
     except ValueError as exc:
-        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        sys.stderr.write(f"error: {one_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
@@ -290,13 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         known = (Cancelled, GpuOutOfMemory, RuntimeError, OSError)
         if not isinstance(exc, known):
             raise
-        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        sys.stderr.write(f"error: {one_line(exc)}\n")
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

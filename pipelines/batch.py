@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.backgrounds import picture_path
+from pipelines.errors import one_line
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
 
@@ -238,16 +239,11 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
         request, notices = build_request(task, settings)
         result = run_edit(request, settings, out=task.out)
     except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError includes out of GPU memory
-        return task.record("failed", error=_one_line(exc), seconds=round(time.perf_counter() - start, 3))
+        return task.record("failed", error=one_line(exc), seconds=round(time.perf_counter() - start, 3))
     return task.record("done", outputs=[str(p) for p in result.paths], seeds=result.seeds, prompt=result.prompt,
                        mood=result.mood, notices=notices + result.notices,
                        seconds=round(time.perf_counter() - start, 3),
                        timings={stage: round(seconds, 3) for stage, seconds in result.timings.items()})
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # --- the whole batch -----------------------------------------------------------------------------

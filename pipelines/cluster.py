@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pipelines.errors import one_line
 from pipelines.settings import ROOT, Settings
 from pipelines.types import EditRequest, EditResult
 
@@ -164,7 +165,7 @@ def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
         try:
             record = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            record = task.record("failed", error=f"the worker failed: {_first_line(exc)}")
+            record = task.record("failed", error=f"the worker failed: {one_line(exc)}")
         submit(actor)
         yield record
 
@@ -210,7 +211,7 @@ def run_edit_remote(request: EditRequest, settings: Settings,
             # The worker's own exception (a one-line ValueError, Cancelled, ...), as run_edit raises it.
             raise exc.cause from exc
         except ray.exceptions.RayError as exc:
-            raise RuntimeError(f"the Ray worker failed: {_first_line(exc)}") from exc
+            raise RuntimeError(f"the Ray worker failed: {one_line(exc)}") from exc
     finally:
         with _POOL_LOCK:
             if actor in _POOL["busy"]:  # not when the pool was replaced meanwhile
@@ -224,10 +225,6 @@ def _take_worker():
         actor = min(workers, key=lambda a: _POOL["busy"].get(a, 0))
         _POOL["busy"][actor] = _POOL["busy"].get(actor, 0) + 1
         return actor
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _ray():

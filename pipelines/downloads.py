@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import one_line
 from .settings import SAM_CHECKPOINT_NAMES, Settings
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; total 0 when unknown)
@@ -346,8 +347,7 @@ def _download_sdxl(model: str, on_progress: ProgressFn | None, tokenizers_only: 
         raise RuntimeError(f"SDXL {model} was not found on the Hugging Face hub (or needs `huggingface-cli "
                            f"login`): set BACKDROP_SDXL_MODEL to a model id or a local folder") from err
     except Exception as err:  # noqa: BLE001 - connection refused, DNS, time-out, hub down: all "unreachable"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RuntimeError(_unavailable(model, f"the Hugging Face hub cannot be reached ({reason[:120]})")) from err
+        raise RuntimeError(_unavailable(model, f"the Hugging Face hub cannot be reached ({one_line(err)[:120]})")) from err
 
     # 2. The files the app loads, fp16 where the repository has them, and their size.
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
@@ -368,9 +368,8 @@ def _download_sdxl(model: str, on_progress: ProgressFn | None, tokenizers_only: 
         folder = snapshot_download(model, revision=info.sha, allow_patterns=files, etag_timeout=DOWNLOAD_TIMEOUT,
                                    tqdm_class=_byte_hook(on_bytes))
     except Exception as err:  # noqa: BLE001 - a cut connection, a full disk: one line, resumable
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RuntimeError(f"download of SDXL {model} stopped at {format_progress(done[0], total)} "
-                           f"({reason[:120]}); run again to resume") from err
+                           f"({one_line(err)[:120]}); run again to resume") from err
     finally:
         bar.close()
     folder = Path(folder)

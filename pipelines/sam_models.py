@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import downloads
+from .errors import one_line
 from .masking import MaskPredictor
 from .settings import Settings
 
@@ -79,8 +80,7 @@ def load_sam(checkpoint: Path, variant: str = "vit_h", device: str = "cpu") -> "
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files; all mean the same here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RuntimeError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file ({first[:160]})") from err
+        raise RuntimeError(f"SAM checkpoint {checkpoint} is not a readable PyTorch file ({one_line(err)[:160]})") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # some fine-tuning scripts wrap the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.errors import one_line
 from pipelines.prompting.weights import has_weights, keep_plain_prefix, plain_text
 
 MAX_TOKENS = 77  # CLIP's context length, BOS and EOS included: SDXL's encoders drop anything after
@@ -47,8 +48,7 @@ def load_tokenizers(model: str) -> tuple:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder=subfolder)
         except Exception as e:  # OSError offline, ValueError for broken files: one line for the page
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"cannot load the SDXL tokenizer {model}/{subfolder}: {reason}") from e
+            raise RuntimeError(f"cannot load the SDXL tokenizer {model}/{subfolder}: {one_line(e)}") from e
         # transformers 5 builds an empty tokenizer (2 special tokens) when no files are found, e.g.
         # offline with nothing cached; counting with it would be silently wrong.
         if len(tokenizer) < 1000:

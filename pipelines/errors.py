@@ -1,0 +1,13 @@
+"""How an error reads for people: one line.
+
+Stages raise with their cause chained (`raise ... from err`); the edges (the page, the API, the
+command line, batch records, notices) show `one_line(err)` and keep the chain for the log.
+"""
+
+from __future__ import annotations
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
