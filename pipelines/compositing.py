@@ -207,7 +207,7 @@ def as_matte(photo: Image.Image, layer: Matte | np.ndarray) -> Matte:
 
 
 def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0, feather: int = 0,
-               edit_subject: bool = False) -> Matte | np.ndarray:
+               edit_subject: bool = False, cut: np.ndarray | None = None) -> Matte | np.ndarray:
     """How the kept layer meets the new background, for one edge mode.
 
     Args:
@@ -217,17 +217,20 @@ def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0
         grow: grow (>0) or shrink (<0) the subject by this many pixels first.
         feather: the seam width (feather mode) or the band's extra width (matte mode).
         edit_subject: keep the old background and repaint the subject.
+        cut: `masking.refine_mask(subject, grow=grow, edit_subject=edit_subject)` (no feather) when
+            the caller has it already: saves a full-size distance transform. Made here when None.
 
     Returns:
         For "matte", the `Matte`. For "feather" and "hard", the repaint mask exactly as
         `masking.refine_mask` makes it (float32 (H, W), 1 = repaint; no ramp for "hard").
     """
-    if edge == "hard":
-        return masking.refine_mask(subject, grow=grow, feather=0, edit_subject=edit_subject)
-    if edge == "feather":
+    if edge == "feather" and feather:
         return masking.refine_mask(subject, grow=grow, feather=feather, edit_subject=edit_subject)
-    kept = masking.refine_mask(subject, grow=grow, feather=0, edit_subject=edit_subject) == 0
-    return estimate_matte(photo, kept, band_radius(photo.size, grow, feather))
+    if cut is None:
+        cut = masking.refine_mask(subject, grow=grow, edit_subject=edit_subject)
+    if edge != "matte":
+        return cut  # "hard", or "feather" with no ramp: the cut itself
+    return estimate_matte(photo, cut == 0, band_radius(photo.size, grow, feather))
 
 
 def diffusion_mask(layer: Matte | np.ndarray, feather: int = 0) -> np.ndarray:

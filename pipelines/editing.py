@@ -59,11 +59,10 @@ class Plan:
 
 @dataclass
 class Prepared:
-    """What an edit needs before diffusion, on the canvas: the photo, the repaint mask, the edge and
-    (for `generate`) the final prompt."""
+    """What an edit needs before diffusion, on the canvas: the photo, the edge (from which
+    `compositing.diffusion_mask` gives what diffusion repaints) and (for `generate`) the final prompt."""
 
     photo: Image.Image  # the photo on its canvas (canvas.extend_photo); the photo itself without one
-    mask: np.ndarray  # canvas-size float32 (H, W) in [0, 1], 1 = repaint: what diffusion paints
     layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer, placed)
     mood: str
     prompt: prompting.PromptResult | None  # None for a plain background
@@ -186,12 +185,12 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
     if cut.min() >= 1:
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
     layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
-                                   feather=request.feather, edit_subject=request.edit_subject)
+                                   feather=request.feather, edit_subject=request.edit_subject, cut=cut)
     if isinstance(layer, compositing.Matte) and not (layer.alpha == 1.0).any():
         # Nothing solid left (specks, or a subject thinner than the band everywhere): keep it whole.
         notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
         layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
-                                       feather=request.feather, edit_subject=request.edit_subject)
+                                       feather=request.feather, edit_subject=request.edit_subject, cut=cut)
     return layer, notices
 
 
@@ -212,10 +211,9 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
     notices += mask_notices
     photo = canvas.extend_photo(request.image, plan.frame)
     layer = canvas.place_layer(layer, plan.frame)
-    mask = compositing.diffusion_mask(layer, feather=request.feather)
     timings["mask"] = time.perf_counter() - start
     if plan.background.plain:
-        return Prepared(photo=photo, mask=mask, layer=layer, mood="", prompt=None, notices=notices)
+        return Prepared(photo=photo, layer=layer, mood="", prompt=None, notices=notices)
 
     # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
     tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
@@ -245,7 +243,7 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
             temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
     notices += prompt.notices
     timings["prompt"] = time.perf_counter() - start
-    return Prepared(photo=photo, mask=mask, layer=layer, mood=mood, prompt=prompt, notices=notices)
+    return Prepared(photo=photo, layer=layer, mood=mood, prompt=prompt, notices=notices)
 
 
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
@@ -391,7 +389,9 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     # 4. Blended latent diffusion at the working size (on a canvas, the new area starts from the
     # photo's reflected border: outpainting)
     start = time.perf_counter()
-    working_mask = images.resize_mask(ready.mask, working.size)
+    # What diffusion repaints (for a matte, its band too): only a generated background needs it.
+    mask = compositing.diffusion_mask(ready.layer, feather=request.feather)
+    working_mask = images.resize_mask(mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
     quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
