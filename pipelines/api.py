@@ -16,10 +16,9 @@ together with points) is checked here. Errors are one-line `ValueError`s, shorte
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image
 
-from pipelines import editing, images, masking
+from pipelines import editing, images, masking, page
 from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
 from pipelines.studio import Studio
@@ -99,7 +98,7 @@ def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int) 
     repaint = masking.refine_mask(prediction.masks[candidate], grow=grow)
     record = {"scores": [round(float(s), 4) for s in prediction.scores], "method": prediction.method,
               "candidate": candidate, "notices": notices + [n for n in prediction.notices if n not in notices]}
-    return Image.fromarray((repaint * 255).astype(np.uint8), "L"), record
+    return page.mask_png(repaint), record
 
 
 def prompt(studio: Studio, *, keyword: str, mood: str, photo: str | None) -> dict:
