@@ -31,7 +31,6 @@ from PIL import Image, ImageColor, ImageOps
 
 from pipelines import canvas, compositing, images
 
-KEYWORDS = ("generate", "transparent", "blur")
 # `blur` alone: sigma = this fraction of the canvas's long side (60 px at 12 MP, 15 px at 1 MP),
 # about a phone's portrait mode at that size.
 DEFAULT_BLUR_FRACTION = 0.015
