@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipelines.errors import one_line
 from pipelines.fast import FAST_PRESETS
-from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
+from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,9 +61,6 @@ def _canvas(text: str) -> str:
 
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
-    from pipelines.canvas import PLACES
-    from pipelines.compositing import EDGE_MODES
-
     parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
     parser.add_argument("--mood", help="mood keywords (skips LLaVA)")
     parser.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")

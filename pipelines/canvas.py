@@ -25,8 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.compositing import Matte
-
-PLACES = ("center", "left", "right", "top", "bottom")
+from pipelines.settings import PLACES
 
 _SIZE = re.compile(r"^\s*([+-]?\d+)\s*[x×X]\s*([+-]?\d+)\s*$")
 _RATIO = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*:\s*([+-]?\d+(?:\.\d+)?)\s*$")

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines import images, masking
+from pipelines import images, masking, settings
 
-EDGE_MODES = ("matte", "feather", "hard")
+EDGE_MODES = settings.EDGE_MODES  # kept here too: the edge modes this module composites
 
 # The band is solved in TILE x TILE blocks. Fewer, larger blocks cost less in all: at 12 MP, 256 took
 # 2.5-2.8 s where 128 took 3.4-4.1 (less context solved twice, fewer solver start-ups) ...

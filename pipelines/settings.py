@@ -24,6 +24,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 SAFETY_LEVELS = ("off", "weak", "medium", "strong", "max")
+# The edit's choices, here so that the command line lists them without importing numpy and PIL
+EDGE_MODES = ("matte", "feather", "hard")  # how the kept subject meets the new background (compositing)
+PLACES = ("center", "left", "right", "top", "bottom")  # where the photo sits on a larger canvas (canvas)
 SAFETY_CHECKER_MODES = ("off", "note", "blur", "block")  # what the post-hoc check does with a flagged output
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 # The official file name of each SAM variant; the suffix is the start of the file's SHA-256.
