@@ -211,8 +211,7 @@ def blur_weight(layer: compositing.Matte | np.ndarray, frame: canvas.Frame) -> n
     """
     import cv2
 
-    box = (slice(frame.top, frame.top + frame.photo_height), slice(frame.left, frame.left + frame.photo_width))
-    background = layer.alpha[box] == 0.0 if isinstance(layer, compositing.Matte) else layer[box] >= 1.0
+    background = layer.alpha[frame.box] == 0.0 if isinstance(layer, compositing.Matte) else layer[frame.box] >= 1.0
     if not isinstance(layer, compositing.Matte):
         radius = compositing.band_radius((frame.photo_width, frame.photo_height))
         distance = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)

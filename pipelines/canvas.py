@@ -55,6 +55,11 @@ class Frame:
         """True when the canvas is larger than the photo (there is a new area to paint)."""
         return (self.width, self.height) != (self.photo_width, self.photo_height)
 
+    @property
+    def box(self) -> tuple[slice, slice]:
+        """The photo's (rows, columns) on the canvas: `canvas_array[frame.box]` is the photo's part."""
+        return slice(self.top, self.top + self.photo_height), slice(self.left, self.left + self.photo_width)
+
     def describe(self) -> str:
         """One line for the PNG metadata: `1920x1080, photo at 560,0 (center)`, or `none`."""
         if not self.extends:
@@ -155,12 +160,11 @@ def place_layer(layer: Matte | np.ndarray, frame: Frame) -> Matte | np.ndarray:
     """
     if not frame.extends:
         return layer
-    box = (slice(frame.top, frame.top + frame.photo_height), slice(frame.left, frame.left + frame.photo_width))
     if isinstance(layer, Matte):
         alpha = np.zeros((frame.height, frame.width), np.float32)
         foreground = np.zeros((frame.height, frame.width, 3), np.float32)
-        alpha[box], foreground[box] = layer.alpha, layer.foreground
+        alpha[frame.box], foreground[frame.box] = layer.alpha, layer.foreground
         return Matte(alpha=alpha, foreground=foreground)
     mask = np.ones((frame.height, frame.width), np.float32)
-    mask[box] = layer
+    mask[frame.box] = layer
     return mask
