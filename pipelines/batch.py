@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -89,8 +90,10 @@ class Task:
 
 # --- reading rows ---------------------------------------------------------------------------------
 
+@functools.cache
 def request_columns() -> dict[str, str]:
-    """Manifest column -> `EditRequest` field, for every field a CSV cell can hold."""
+    """Manifest column -> `EditRequest` field, for every field a CSV cell can hold (one shared dict:
+    callers only read it)."""
     columns = {}
     for f in dataclasses.fields(EditRequest):
         if f.name not in NOT_COLUMNS and _cell_type(f) is not None:
@@ -106,10 +109,16 @@ def _cell_type(f: dataclasses.Field) -> type | None:
     return CELL_TYPES.get(names[0]) if len(names) == 1 else None
 
 
+@functools.cache
+def _column_types() -> dict[str, type]:
+    """Manifest column -> the type its cells are read as (parse_cell runs once per cell)."""
+    fields = {f.name: f for f in dataclasses.fields(EditRequest)}
+    return {column: _cell_type(fields[name]) for column, name in request_columns().items()}
+
+
 def parse_cell(column: str, text: str) -> Any:
     """A cell's text as the type of its `EditRequest` field; one-line ValueError when it is not."""
-    name = request_columns()[column]
-    kind = _cell_type(next(f for f in dataclasses.fields(EditRequest) if f.name == name))
+    kind = _column_types()[column]
     text = text.strip()
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -232,7 +241,7 @@ def build_request(task: Task, settings: Settings) -> tuple[EditRequest, list[str
 
 def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     """Run one row; a bad row (unreadable photo, bad click, no weights) gives a `failed` record."""
-    from pipelines.editing import run_edit
+    from pipelines.editing import result_record, run_edit
 
     start = time.perf_counter()
     try:
@@ -240,10 +249,10 @@ def run_task(task: Task, settings: Settings) -> dict[str, Any]:
         result = run_edit(request, settings, out=task.out)
     except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError includes out of GPU memory
         return task.record("failed", error=one_line(exc), seconds=round(time.perf_counter() - start, 3))
-    return task.record("done", outputs=[str(p) for p in result.paths], seeds=result.seeds, prompt=result.prompt,
-                       mood=result.mood, notices=notices + result.notices,
-                       seconds=round(time.perf_counter() - start, 3),
-                       timings={stage: round(seconds, 3) for stage, seconds in result.timings.items()})
+    # The same values as `edit --json` prints, so the two records cannot drift apart.
+    edited = result_record(result, request)
+    return task.record("done", **{key: edited[key] for key in ("outputs", "seeds", "prompt", "mood", "timings")},
+                       notices=notices + result.notices, seconds=round(time.perf_counter() - start, 3))
 
 
 # --- the whole batch -----------------------------------------------------------------------------
@@ -285,15 +294,18 @@ def run_batch(tasks: list[Task], settings: Settings, out_dir: Path, workers: int
     results = out_dir / "results.jsonl"
     before = previous_results(results)
     records: list[dict[str, Any]] = []
+    failed = 0  # counted as rows finish: the bar's postfix is updated once per row
     todo: list[Task] = []
     with open(results, "a", encoding="utf-8") as log, \
             tqdm(total=len(tasks), unit="row", desc="batch", file=sys.stderr, disable=not progress) as bar:
         def finish(record: dict[str, Any]) -> None:
+            nonlocal failed
             log.write(json.dumps(record, ensure_ascii=False) + "\n")
             log.flush()  # a crash loses at most the row in progress
             records.append(record)
+            failed += record["status"] == "failed"
             bar.update(1)
-            bar.set_postfix(failed=sum(r["status"] == "failed" for r in records))
+            bar.set_postfix(failed=failed)
 
         for task in tasks:
             if task.error is not None:
