@@ -93,13 +93,20 @@ def connect(address: str | None = None, **init_options: Any) -> None:
     ray.init(runtime_env=runtime_env, **(options | init_options))
 
 
+def _worker_kind(resources: dict[str, float]) -> str:
+    """What each worker takes in a cluster with these resources: "GPU" (one each), or "CPU" without GPUs."""
+    return "GPU" if resources.get("GPU", 0) >= 1 else "CPU"
+
+
 def default_workers() -> int:
     """One worker per GPU in the cluster, or one when it has none."""
-    return max(1, int(_ray().cluster_resources().get("GPU", 0)))
+    resources = _ray().cluster_resources()
+    return int(resources["GPU"]) if _worker_kind(resources) == "GPU" else 1
 
 
 _POOL_LOCK = threading.Lock()
-_POOL: dict[str, Any] = {"actors": [], "busy": {}}  # this process's workers, and edits sent to each
+# This process's workers, in the order they started, and how many edits each has been sent.
+_BUSY: dict[Any, int] = {}
 _JOBS = itertools.count()
 
 
@@ -112,25 +119,23 @@ def get_workers(count: int | None = None) -> list:
     ray = _ray()
     count = count or default_workers()
     with _POOL_LOCK:
-        actors = _POOL["actors"]
-        if len(actors) < count:
-            gpus = ray.cluster_resources().get("GPU", 0) >= 1
+        if len(_BUSY) < count:
+            gpus = _worker_kind(ray.cluster_resources()) == "GPU"
             # A worker that dies (out of memory, lost node) is restarted; its edit then fails.
             actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=2,
                                max_concurrency=2)(EditWorker)
-            for _ in range(count - len(actors)):
-                actors.append(actor.remote())
-                _POOL["busy"][actors[-1]] = 0
-        return actors[:count]
+            for _ in range(count - len(_BUSY)):
+                _BUSY[actor.remote()] = 0
+        return list(_BUSY)[:count]
 
 
 def stop_workers() -> None:
     """End this process's workers (their GPUs become free for others)."""
     ray = _ray()
     with _POOL_LOCK:
-        for actor in _POOL["actors"]:
+        for actor in _BUSY:
             ray.kill(actor)
-        _POOL.update(actors=[], busy={})
+        _BUSY.clear()
 
 
 def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
@@ -145,7 +150,7 @@ def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
     if address is None and workers:
         # More workers than a local machine has GPUs (or CPUs) would wait for them forever.
         resources = ray.cluster_resources()
-        kind = "GPU" if resources.get("GPU", 0) >= 1 else "CPU"
+        kind = _worker_kind(resources)
         if workers > resources.get(kind, 0):
             raise ValueError(f"{workers} workers need {workers} {kind}s; this machine has {int(resources.get(kind, 0))}")
     actors = get_workers(workers)
@@ -214,16 +219,17 @@ def run_edit_remote(request: EditRequest, settings: Settings,
             raise RuntimeError(f"the Ray worker failed: {one_line(exc)}") from exc
     finally:
         with _POOL_LOCK:
-            if actor in _POOL["busy"]:  # not when the pool was replaced meanwhile
-                _POOL["busy"][actor] -= 1
+            if actor in _BUSY:  # not when the pool was stopped meanwhile
+                _BUSY[actor] -= 1
 
 
 def _take_worker():
     """The least busy worker of this process's pool."""
     workers = get_workers()
     with _POOL_LOCK:
-        actor = min(workers, key=lambda a: _POOL["busy"].get(a, 0))
-        _POOL["busy"][actor] = _POOL["busy"].get(actor, 0) + 1
+        actor = min(workers, key=lambda a: _BUSY.get(a, 0))
+        if actor in _BUSY:  # not when the pool was stopped meanwhile (it is not joined again)
+            _BUSY[actor] += 1
         return actor
 
 
