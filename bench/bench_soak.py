@@ -15,23 +15,19 @@ threads, open files; then the growth after warm-up and the seconds per edit.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# conftest puts the repository on sys.path and keeps the hubs offline.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import TINY_WORKING_PIXELS  # noqa: E402
-from fake_ollama import FakeOllama  # noqa: E402
+from conftest import TINY_WORKING_PIXELS, make_tiny_settings, start_fake_ollama  # noqa: E402
 from test_soak import growth, soak  # noqa: E402
 from tiny_models import save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
-from pipelines.settings import Settings  # noqa: E402
 from pipelines.studio import Studio  # noqa: E402
 
 
@@ -45,14 +41,10 @@ def main() -> None:
     parser.add_argument("--checker", default="note", help="post-hoc nudity check (the test uses off)")
     args = parser.parse_args()
 
-    fake = FakeOllama().start()
-    fake.script("llava", text="Stylish, modern, contemporary")
-    fake.script("llama2", text="misty pine forest at dawn, soft light, award winning photograph")
+    fake = start_fake_ollama()
     folder = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    settings = Settings(sdxl_model=str(save_tiny_sdxl(folder / "sdxl")), sam_checkpoint=save_tiny_sam(folder / "sam.pth"),
-                        sam_auto_download=False, checkpoint_dir=folder / "checkpoints", device="cpu",
-                        working_pixels=TINY_WORKING_PIXELS, output_dir=folder / "outputs",
-                        ollama_host=fake.url, ollama_timeout=10.0, safety_checker=args.checker)
+    settings = make_tiny_settings(folder, save_tiny_sdxl(folder / "sdxl"), save_tiny_sam(folder / "sam.pth"), fake.url)
+    settings = dataclasses.replace(settings, safety_checker=args.checker)
     start = time.perf_counter()
     rows = soak(Studio(settings), args.edits, cancel_at=args.cancel_at or None, steps=args.steps,
                 edge=args.edge, warm_up=args.warm_up)
