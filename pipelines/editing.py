@@ -217,8 +217,7 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
     if plan.background.plain:
         return Prepared(photo=photo, mask=mask, layer=layer, mood="", prompt=None, notices=notices)
 
-    # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
-    tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
+    tokenizers = prompting.sdxl_tokenizers(settings)
     client = None
     mood = (request.mood or "").strip()
     if request.prompt is None and request.mood is None:

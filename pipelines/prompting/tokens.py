@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +23,11 @@ from pipelines.prompting.weights import has_weights, keep_plain_prefix, plain_te
 
 MAX_TOKENS = 77  # CLIP's context length, BOS and EOS included: SDXL's encoders drop anything after
 
+# One load at a time: concurrent first calls (four "Write prompt" clicks, parallel edits) would each
+# load them, and race in transformers' lazy imports ("cannot import name 'CLIPTokenizer'").
+_load_lock = threading.Lock()
 
-@lru_cache(maxsize=4)
+
 def load_tokenizers(model: str) -> tuple:
     """SDXL's two tokenizers, from a local diffusers folder or a Hugging Face model id.
 
@@ -37,6 +41,20 @@ def load_tokenizers(model: str) -> tuple:
     Raises:
         RuntimeError: one line saying where the tokenizers were looked for and what to do.
     """
+    with _load_lock:
+        return _load_tokenizers(model)
+
+
+def sdxl_tokenizers(settings) -> tuple:
+    """The tokenizers of the SDXL model `settings` name, from its local copy (only they are fetched
+    when nothing is cached): offline, an uncached model is one line at once, not minutes of retries."""
+    from pipelines import downloads
+
+    return load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizers(model: str) -> tuple:
     from transformers import CLIPTokenizer
 
     local = Path(model).expanduser()
