@@ -156,12 +156,12 @@ class Studio:
         """Pull the vision and text models if Ollama lacks them; returns the names pulled."""
         client = self.client()
         try:
-            missing = prompting.missing_models(client, (self.settings.vision_model, self.settings.text_model))
+            missing = client.missing_models((self.settings.vision_model, self.settings.text_model))
         except prompting.OllamaUnavailable as exc:
             raise RuntimeError(str(exc)) from exc
         for model in missing:
-            prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
-                                 if on_progress else None)
+            client.pull(model, (lambda status, done, total, m=model: on_progress(m, done, total))
+                        if on_progress else None)
         return missing
 
     # --- status ------------------------------------------------------------------------------

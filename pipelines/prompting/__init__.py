@@ -51,9 +51,7 @@ from pipelines.prompting.transport import (
     OllamaClient,
     OllamaUnavailable,
     make_client,
-    missing_models,
     ollama_status,
-    pull_model,
 )
 from pipelines.prompting.weights import Fragment, parse_weights, plain_text
 
@@ -61,6 +59,5 @@ __all__ = [
     "MAX_TOKENS", "PROMPTS_DIR", "Fragment", "MoodResult", "OllamaClient", "OllamaUnavailable", "PromptResult",
     "build_prompt_2", "clean_reply", "count_tokens", "cut_to_tokens", "default_negative_prompt",
     "default_sld_concept", "describe_mood", "fallback_prompt", "load_template", "load_tokenizers", "make_client",
-    "missing_models", "mood_keywords", "ollama_status", "parse_weights", "plain_text", "pull_model",
-    "quality_words", "sdxl_tokenizers", "second_prompt", "user_prompt", "write_prompt",
+    "mood_keywords", "ollama_status", "parse_weights", "plain_text", "quality_words", "sdxl_tokenizers", "second_prompt", "user_prompt", "write_prompt",
 ]
