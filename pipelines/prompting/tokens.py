@@ -146,14 +146,18 @@ def build_prompt_2(prompt: str, quality: str, tokenizer_2, max_tokens: int = MAX
 
     # the count grows with the number of phrases: find the most that fit
     lo, hi = 0, len(phrases)  # joined(lo) fits, joined(hi + 1) does not
+    lo_tokens = None  # count_tokens(joined(lo)), once the search has counted it
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_tokens(joined(mid), tokenizer_2) <= max_tokens:
-            lo = mid
+        mid_tokens = count_tokens(joined(mid), tokenizer_2)
+        if mid_tokens <= max_tokens:
+            lo, lo_tokens = mid, mid_tokens
         else:
             hi = mid - 1
     prompt_2 = joined(lo)
-    return prompt_2, count_tokens(prompt_2, tokenizer_2), ", ".join(phrases[lo:])
+    if lo_tokens is None:  # no quality phrase fits (or there are none): the scene alone
+        lo_tokens = count_tokens(prompt_2, tokenizer_2)
+    return prompt_2, lo_tokens, ", ".join(phrases[lo:])
 
 
 def _encode(tokenizer, text: str, offsets: bool = False):
