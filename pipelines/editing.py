@@ -319,7 +319,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     if plan.background.plain:
         scores, order = [], list(range(len(checked.images)))
     else:
-        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in checked.images]
+        scores = ranking.score_candidates(ready.photo, checked.images, 1.0 - weight)
         order = ranking.best_first(scores)
         timings["ranking"] = time.perf_counter() - start
 
