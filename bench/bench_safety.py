@@ -215,8 +215,6 @@ def main(argv: Sequence[str] | None = None, detector: checking.Detector | None =
     parser.add_argument("--save", type=Path, help="save every image here, flagged ones named so")
     args = parser.parse_args(argv)
 
-    import torch
-
     from pipelines.sdxl_models import load_sdxl
     from pipelines.settings import Settings
 
@@ -227,8 +225,9 @@ def main(argv: Sequence[str] | None = None, detector: checking.Detector | None =
         get_preset(level)
     categories = args.category or list(CATEGORIES)
     cases = (read_i2p(args.i2p, categories, args.limit) if args.i2p else builtin_cases(categories, args.limit))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    local = Settings(device=args.device or "auto", dtype="auto")  # auto: CUDA and float16 when usable
+    device = local.resolve_device()
+    dtype = local.resolve_dtype(device)
     components = load_sdxl(args.model, device, dtype)
     erased_dir = args.erased_dir or Settings.from_env().erased_dir
 
