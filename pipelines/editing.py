@@ -51,10 +51,13 @@ SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Eu
 
 @dataclass(frozen=True)
 class Plan:
-    """What `validate_request` read from a request's text: the background and the canvas."""
+    """What `validate_request` read from a request's text and the settings: the background, the
+    canvas, the post-hoc check that will run and the Fast preset."""
 
     background: backgrounds.Background
     frame: canvas.Frame
+    checker: str  # checking.checker_mode(settings)
+    fast: FastPreset | None  # the request's Fast preset, None without one
 
 
 @dataclass
@@ -114,13 +117,14 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
         raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
                          f"got {request.guidance_scale:g}")
-    checking.checker_mode(settings)  # a required check without nudenet is refused before any work
+    checker = checking.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
+    fast = None
     if request.fast is not None:
         from pipelines.fast import get_fast_preset
 
-        get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
+        fast = get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
         from pipelines.erasure import list_erased
 
@@ -151,7 +155,7 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
     frame = canvas.parse_canvas(request.canvas, request.image.size, request.place, settings.max_image_pixels)
-    return Plan(backgrounds.parse_background(request.background, settings.max_image_pixels), frame)
+    return Plan(backgrounds.parse_background(request.background, settings.max_image_pixels), frame, checker, fast)
 
 
 def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
@@ -276,11 +280,8 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
 
     # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
     plan = validate_request(request, settings)
-    fast_preset = None
-    if request.fast is not None and not plan.background.plain:
-        from pipelines.fast import get_fast_preset
-
-        fast_preset = get_fast_preset(request.fast)
+    fast_preset = plan.fast if not plan.background.plain else None
+    if fast_preset is not None:
         request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
                                       guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
     report = on_progress or (lambda *a: None)
@@ -301,7 +302,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     # 6. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
     # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
     start = time.perf_counter()
-    mode = checking.checker_mode(settings)
+    mode = plan.checker
     checked = checking.check_outputs(painted.images, painted.seeds, mode, detector)
     notices += checked.notices
     timings["check"] = time.perf_counter() - start
