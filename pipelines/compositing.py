@@ -260,18 +260,30 @@ def composite(photo: Image.Image, background: Image.Image, layer: Matte | np.nda
         RGB image of the photo's size. Where alpha is 1 (or the mask 0) the photo's pixels, byte
         for byte; where alpha is 0 the background's; in between round(alpha * F + (1 - alpha) * B).
     """
+    return composite_all(photo, [background], layer)[0]
+
+
+def composite_all(photo: Image.Image, backgrounds: list[Image.Image],
+                  layer: Matte | np.ndarray) -> list[Image.Image]:
+    """`composite` for several backgrounds of one photo (an edit's candidates): the photo's pixels
+    and the matte's solid and soft parts are read once, not once per background."""
     if not isinstance(layer, Matte):
-        return images.composite(photo, background, layer)
-    if background.size != photo.size:
-        background = background.resize(photo.size, Image.Resampling.LANCZOS)
+        return [images.composite(photo, background, layer) for background in backgrounds]
     import cv2
 
-    out = np.array(background.convert("RGB"))
+    rgb = np.asarray(photo.convert("RGB"))
     alpha = layer.alpha
-    solid = alpha == 1.0
-    cv2.copyTo(np.asarray(photo.convert("RGB")), solid.view(np.uint8), out)  # np.copyto's result, 10x faster
-    soft = (alpha > 0.0) & ~solid
+    solid = (alpha == 1.0).view(np.uint8)
+    soft = (alpha > 0.0) & (alpha < 1.0)
     a = alpha[soft][:, None]
-    mixed = a * layer.foreground[soft] + (1.0 - a) * out[soft].astype(np.float32)  # matting equation
-    out[soft] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    return Image.fromarray(out, "RGB")
+    kept = a * layer.foreground[soft]
+    finals = []
+    for background in backgrounds:
+        if background.size != photo.size:
+            background = background.resize(photo.size, Image.Resampling.LANCZOS)
+        out = np.array(background.convert("RGB"))
+        cv2.copyTo(rgb, solid, out)  # np.copyto's result, 10x faster
+        mixed = kept + (1.0 - a) * out[soft].astype(np.float32)  # matting equation
+        out[soft] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        finals.append(Image.fromarray(out, "RGB"))
+    return finals

@@ -417,7 +417,7 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     # 5. Back to full size, compositing the decoded images once through the edge (matte, feather
     # or hard): the solid kept region is the original photo, byte for byte
     start = time.perf_counter()
-    finals = [compositing.composite(ready.photo, image, ready.layer) for image in blended.decoded]
+    finals = compositing.composite_all(ready.photo, blended.decoded, ready.layer)
     timings["composite"] = time.perf_counter() - start
     return Painted(images=finals, seeds=list(blended.seeds), size=working.size, prompt_2=prompt_2,
                    prompt_2_tokens=second.tokens, negative_prompt=negative, concept=concept,
