@@ -316,7 +316,7 @@ class Handlers:
 
     def refine(self, state: PageState, candidate: int | None, grow: int):
         """-> photo, after another candidate or grow / shrink was picked."""
-        if state.key is None or state.subject(candidate) is None:
+        if state.key is None or not state.has_subject:
             return gr.skip()
         return self._preview(state, candidate, grow)
 
@@ -324,7 +324,7 @@ class Handlers:
         """-> state, photo after one more brush stroke (JSON from the page's brush script)."""
         if state.key is None:
             raise gr.Error("upload a photo first")
-        if state.subject(candidate) is None:
+        if not state.has_subject:
             raise gr.Error("click the subject or upload a mask first, then paint")
         try:
             stroke = Stroke.from_page(text, self.studio.image(state.key).width / state.display.width)
@@ -403,7 +403,7 @@ class Handlers:
 
         if state.key is None:
             raise gr.Error("upload a photo first")
-        if state.subject(form.candidate) is None:
+        if not state.has_subject:
             raise gr.Error("click the subject (or upload a mask) first")
         image = self.studio.image(state.key)
         typed = (form.mood or "").strip() or (form.prompt or "").strip()

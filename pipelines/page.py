@@ -137,6 +137,11 @@ class PageState:
                         prediction: masking.MaskPrediction | None) -> PageState:
         return replace(self, points=tuple(points), prediction=prediction)
 
+    @property
+    def has_subject(self) -> bool:
+        """Whether `subject` has a base (a SAM prediction or an uploaded mask); cheap, draws nothing."""
+        return self.prediction is not None or self.uploaded is not None
+
     def subject(self, candidate: int | None = 0) -> np.ndarray | None:
         """The subject the edit keeps, (H, W) bool: the chosen SAM candidate (else the uploaded mask,
         else nothing) with the brush strokes on top; None while there is no base (strokes are kept
