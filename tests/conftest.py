@@ -4,6 +4,7 @@ server on loopback, and settings that point the app at them. Nothing here downlo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,3 +127,14 @@ def app_env(s: Settings) -> dict:
 def tiny_env(tiny_settings) -> dict:
     """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
     return app_env(tiny_settings)
+
+
+def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m pipelines *args` from `cwd` with `env` (as from `app_env`), output captured as text.
+
+    The package is found from the repository, as after a clone; the env's PYTHONPATH is kept, since it
+    holds tests/site, which registers the tiny SAM variant in the started process.
+    """
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent), env.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
