@@ -62,7 +62,8 @@ def test_the_form_becomes_the_request_the_widgets_show():
 def test_preview_tints_the_chosen_subject_after_grow_and_keeps_the_rest():
     photo = make_photo(160, 120)
     state = PageState.for_photo("key", photo).with_prediction((ClickPoint(120, 90),), _prediction(120, 160))
-    assert preview(PageState.for_photo("key", photo), 160) is not None
+    untinted = preview(PageState.for_photo("key", photo), 160)  # no prediction yet: the photo itself
+    assert untinted.size == photo.size and untinted.tobytes() == photo.tobytes()
     shown = np.asarray(preview(state, photo.width, candidate=1, grow=0)).astype(int)
     original = np.asarray(photo).astype(int)
     assert np.array_equal(shown[:60, :80], original[:60, :80])  # not candidate 1: the photo's own pixels
