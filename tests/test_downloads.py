@@ -9,7 +9,6 @@ import hashlib
 import http.server
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_server import free_port as closed_port
 from conftest import make_photo, run_cli
 
 from pipelines import __main__ as cli
@@ -66,12 +66,6 @@ class RangeServer:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------
