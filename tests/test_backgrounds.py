@@ -43,7 +43,7 @@ def offline(tmp_path, monkeypatch) -> Settings:
 @pytest.fixture(scope="module")
 def scene():
     truth = fuzzy_edge()
-    photo, grey = _scene(truth, seed=4)
+    photo, _ = _scene(truth, seed=4)
     return photo, truth
 
 
