@@ -20,6 +20,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
+from app_server import AppServer  # noqa: E402
 from fake_ollama import FakeOllama  # noqa: E402
 from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
@@ -127,6 +128,16 @@ def app_env(s: Settings) -> dict:
 def tiny_env(tiny_settings) -> dict:
     """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
     return app_env(tiny_settings)
+
+
+@pytest.fixture
+def app_url(tiny_env, tmp_path):
+    """The URL of the real `python app.py` started with `tiny_env` (a module may override `tiny_env`)."""
+    app = AppServer(tiny_env, tmp_path / "app.log")
+    if (failed := app.wait()) is not None:
+        pytest.fail(failed)
+    yield app.url
+    app.stop()
 
 
 def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
