@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # PIL is imported where a photo is made
+    from PIL import Image
 
 # Tests never reach a model hub; a loader that tries must fail fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,6 +110,15 @@ def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 6
     disk = (xx - width // 2) ** 2 + (yy - height // 2) ** 2 <= radius**2
     background[disk] = color
     return Image.fromarray(background.astype(np.uint8), "RGB")
+
+
+def half_mask(photo):
+    """A float32 (H, W) mask of `photo`'s size that repaints the right half (1) and keeps the left (0)."""
+    import numpy as np
+
+    mask = np.zeros((photo.height, photo.width), np.float32)
+    mask[:, photo.width // 2:] = 1.0
+    return mask
 
 
 def app_env(s: Settings) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from app_server import free_port as closed_port
-from conftest import make_photo, run_cli
+from conftest import half_mask, make_photo, run_cli
 
 from pipelines import __main__ as cli
 from pipelines import downloads
@@ -125,8 +125,7 @@ def unreachable_hub(monkeypatch, tmp_path):
 def test_sdxl_neither_cached_nor_reachable_is_one_line_at_once(unreachable_hub, tiny_settings):
     settings = dataclasses.replace(tiny_settings, sdxl_model=HUB_ID)
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0
+    mask = half_mask(photo)
     started = time.perf_counter()
     with pytest.raises(RuntimeError) as info:
         run_edit(EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=2), settings)

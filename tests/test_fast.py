@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import half_mask, make_photo
 from tiny_lora import save_random_lora, tiny_unet_output
 
 from pipelines import blending, fast, sdxl_models
@@ -148,16 +149,13 @@ class _Recorder:
 
 
 def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
-    from conftest import make_photo
-
     from pipelines.editing import read_parameters, run_edit, validate_request
     from pipelines.types import EditRequest
 
     preset = FAST_PRESETS["lightning-4step"]
     save_random_lora(components.unet, tiny_settings.lora_dir / preset.filename)
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0  # a given mask: no SAM needed
+    mask = half_mask(photo)  # a given mask: no SAM needed
     request = EditRequest(image=photo, mask=mask, prompt="a beach", mood="", seed=3, fast="lightning-4step",
                           safety="medium")
     shared = sdxl_models.load_sdxl_from_settings(tiny_settings)

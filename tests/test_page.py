@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import half_mask, make_photo
 from PIL import Image
 
 from pipelines import images
@@ -89,8 +89,7 @@ def test_candidate_choices_and_safety_text():
 ])
 def test_bad_requests_are_refused_at_the_edge_before_any_model(change, message):
     photo = make_photo()
-    mask = np.zeros((120, 160), np.float32)
-    mask[:, 80:] = 1
+    mask = half_mask(photo)
     request = dataclasses.replace(EditRequest(image=photo, mask=mask, prompt="x"), **change)
     # No model exists at these paths: only the edge check can answer, and it answers first.
     nowhere = Settings(sdxl_model="/no/such/sdxl", sam_checkpoint="/no/such/sam.pth", sam_auto_download=False,
