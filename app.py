@@ -6,9 +6,12 @@
 Read it in three parts, each alone: `build_layout` places the widgets and returns them as a `Page`;
 `Handlers` turns widget values into calls on `pipelines.studio.Studio` (background work per photo)
 and `pipelines.page` (typed session state, the Generate form, previews), and results back into
-widget values; `wire` connects events to handlers. Only this file knows about Gradio, and only
-this file turns errors into one-line `gr.Error`s. Models never live in session state: the state
+widget values; `wire` connects events to handlers. Only this file and `app_api.py` know about
+Gradio, and only they turn errors into one-line `gr.Error`s. Models never live in session state: the state
 holds the photo's key, the clicks and the current SAM prediction.
+
+The endpoints for programs (`/edit`, `/mask`, `/prompt`) are `app_api.py`'s; the brush's script is
+`app_brush.js`.
 
 Results are handed to the session that made them only: each saved PNG is copied into Gradio's
 cache under a name derived from its content (unguessable) and that URL goes to the session; the
@@ -22,11 +25,12 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import gradio as gr
-from gradio import processing_utils
 from PIL import Image
 
+import app_api
 from pipelines.errors import one_line
 from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
@@ -40,57 +44,11 @@ MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black
              "inpainting tools read it (grey counts from 50 %). Masks where white is the *subject* (cutouts, "
              "SAM, rembg): tick **Invert**. A click starts over from SAM; *Clear points* brings the mask back.")
 
-# The brush: a drag on the photo (while a brush is picked) is drawn on a canvas over it and, on
-# release, sent as JSON to the hidden #stroke box; the click that ends a drag does not reach SAM.
-# Coordinates are the preview's own pixels, as Gradio's select event gives them (the img is centred,
-# object-fit contain or scale-down).
-BRUSH_JS = """() => {
-  const brush = () => { const c = document.querySelector('#brush input:checked'); return c && c.value !== 'off' ? c.value : null; };
-  const photo = (e) => { const i = e.target; return i instanceof HTMLImageElement && i.closest('#photo') ? i : null; };
-  const toImage = (img, e) => {
-    const r = img.getBoundingClientRect(), fit = Math.max(img.naturalWidth / r.width, img.naturalHeight / r.height);
-    const s = getComputedStyle(img).objectFit === 'scale-down' ? Math.max(1, fit) : fit;  // natural px per CSS px
-    const ox = (r.width - img.naturalWidth / s) / 2, oy = (r.height - img.naturalHeight / s) / 2;
-    return [(e.clientX - r.left - ox) * s, (e.clientY - r.top - oy) * s, s];
-  };
-  let stroke = null, canvas = null, count = 0;
-  const drop = () => { if (canvas) { canvas.remove(); canvas = null; } };
-  window.addEventListener('pointerdown', (e) => {
-    const img = photo(e), kind = brush();
-    if (!img || !kind) return;
-    e.preventDefault(); e.stopPropagation(); drop();
-    const size = parseFloat(document.querySelector('#brush-size input[type=number]').value) || 20;
-    const r = img.getBoundingClientRect();
-    canvas = document.createElement('canvas');
-    canvas.width = r.width; canvas.height = r.height;
-    Object.assign(canvas.style, {position: 'absolute', left: (r.left + scrollX) + 'px', top: (r.top + scrollY) + 'px',
-                                 pointerEvents: 'none', zIndex: 1000});
-    document.body.appendChild(canvas);
-    const g = canvas.getContext('2d'), [, , s] = toImage(img, e);
-    g.strokeStyle = kind === 'add to subject' ? 'rgba(30,144,255,0.6)' : 'rgba(255,60,60,0.6)';
-    g.lineWidth = size / s; g.lineCap = g.lineJoin = 'round';
-    g.beginPath(); g.moveTo(e.clientX - r.left, e.clientY - r.top);
-    stroke = {img, g, r, brush: kind, size, points: [toImage(img, e).slice(0, 2)]};
-    img.addEventListener('load', drop, {once: true});  // the new preview replaces the drawn stroke
-  }, true);
-  window.addEventListener('pointermove', (e) => {
-    if (!stroke) return;
-    e.preventDefault();
-    stroke.points.push(toImage(stroke.img, e).slice(0, 2));
-    stroke.g.lineTo(e.clientX - stroke.r.left, e.clientY - stroke.r.top); stroke.g.stroke();
-  }, true);
-  window.addEventListener('pointerup', (e) => {
-    if (!stroke) return;
-    const box = document.querySelector('#stroke textarea');
-    box.value = JSON.stringify({n: ++count, brush: stroke.brush, size: stroke.size,  // n: never the same text twice
-                              points: stroke.points.map((p) => p.map((v) => Math.round(v * 10) / 10))});
-    box.dispatchEvent(new Event('input', {bubbles: true}));  // Gradio then sends a change event
-    stroke = null;
-  }, true);
-  // While a brush is picked, a press on the photo paints: no SAM click, no image drag.
-  for (const type of ['click', 'dragstart'])
-    window.addEventListener(type, (e) => { if (photo(e) && brush()) { e.preventDefault(); e.stopPropagation(); } }, true);
-}"""
+# The brush (app_brush.js): a drag on the photo (while a brush is picked) is drawn on a canvas over
+# it and, on release, sent as JSON to the hidden #stroke box; the click that ends a drag does not
+# reach SAM. Coordinates are the preview's own pixels, as Gradio's select event gives them (the img
+# is centred, object-fit contain or scale-down). Handed to `launch(js=...)`: one arrow function.
+BRUSH_JS = Path(__file__).parent / "app_brush.js"
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -569,133 +527,6 @@ def wire(page: Page, on: Handlers) -> None:
         p.pull.click(on.pull, None, [p.status], concurrency_limit=1, api_visibility=PAGE_ONLY)
 
 
-# --- the API for programs -----------------------------------------------------------------------
-
-def _file(data: dict | None) -> str | None:
-    """The server-side path of an uploaded file (Gradio hands `gr.api` functions FileData dicts)."""
-    return None if data is None else gr.FileData(**data).path
-
-
-def _served(path: str) -> dict:
-    """A file in Gradio's cache as the FileData a client downloads."""
-    return gr.FileData(path=path).model_dump()
-
-
-# What a client sees as a one-line error, like the page's and the command line's: bad input
-# (ValueError), or a stage that could not run (GpuOutOfMemory is a RuntimeError).
-API_FAILURES = (ValueError, RuntimeError, OSError)
-
-
-def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None:
-    """Serve `/edit`, `/mask` and `/prompt` to programs (gradio_client, curl) and, with `--mcp`, as
-    MCP tools. Their docstrings are the API docs and the tool descriptions; Gradio reads one line
-    per parameter (`gradio.utils.get_function_description`), so each stays on one line.
-
-    `/edit` shares the page's queue and GPU lock ("gpu"), `/mask` the clicks' ("sam"). Results
-    reach the caller through Gradio's cache (`publish`), never from the output folder.
-    """
-    from pipelines import api
-
-    def edit(photo: gr.FileData, points: str = "", mask: gr.FileData | None = None, keyword: str = "",
-             mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
-             steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
-             candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
-             edit_subject: bool = False, background: str = "generate", background_picture: gr.FileData | None = None,
-             canvas: str = "", place: str = "center", fast: str = "",
-             request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
-        """Change a photo's background (or its subject) and keep the rest pixel-exact.
-        Say where the subject is with points on it, or with a mask.
-
-        Args:
-            photo: the photo (PNG, JPEG, WebP, ...).
-            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
-            mask: instead of points, a mask image of the photo's size: white = repaint, black = keep exactly.
-            keyword: what the new background should be, any language, e.g. "forest" or "비 오는 밤거리".
-            mood: mood keywords for the prompt, e.g. "calm, warm"; empty = LLaVA reads them from the photo.
-            prompt: the exact SDXL prompt; empty = Llama 2 writes it from keyword and mood.
-            negative_prompt: what to avoid; empty = Backdrop's default negative prompt.
-            safety: Safe Latent Diffusion: off, weak, medium, strong or max; empty = the lowest this server allows.
-            erased: name of concept-erased text encoders to use; empty = none.
-            steps: diffusion steps, 1 to 200.
-            guidance: classifier-free guidance scale, 0 to 50 (at least 1 with safety on).
-            strength: 1.0 repaints from pure noise; lower keeps more of the old background's layout.
-            seed: random seed of the first image (the others use seed+1, ...); empty = random.
-            candidates: how many images to make, 1 to 8; they come back best-scoring first.
-            edge: how the kept part meets the new background: matte (alpha matting, default), feather or hard.
-            grow: grow (>0) or shrink (<0) the subject by this many pixels.
-            feather: soft seam width in pixels.
-            edit_subject: repaint the subject instead of the background.
-            background: generate (SDXL, default), transparent, a colour ("white", "#1e90ff") or blur / blur:RADIUS; no model is loaded for the plain ones.
-            background_picture: a picture file to use as the background instead (scaled to cover the frame).
-            canvas: a larger frame, "WxH" or a ratio "16:9" (the smallest of that shape holding the photo); empty = the photo's own size.
-            place: where the photo sits on the canvas: center, left, right, top or bottom.
-            fast: a few-step preset, e.g. "lightning-4step"; empty = the standard steps.
-
-        Returns:
-            the edited images as PNG files, best first
-            the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
-            prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
-        """
-        from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
-
-        try:
-            result, record = api.edit(
-                studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
-                negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
-                strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
-                edit_subject=edit_subject, session=request.session_hash if request else "api",
-                background=background, background_picture=_file(background_picture), canvas=canvas, place=place,
-                fast=fast)
-        except Cancelled as exc:
-            raise gr.Error("cancelled") from exc
-        except API_FAILURES as exc:
-            raise gr.Error(one_line(exc)) from exc
-        return [_served(publish(str(path))) for path in result.paths], record
-
-    def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
-        """The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.
-
-        Args:
-            photo: the photo (PNG, JPEG, WebP, ...).
-            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
-            candidate: which of SAM's three masks, 0 = the best-scoring.
-            grow: grow (>0) or shrink (<0) the subject by this many pixels.
-
-        Returns:
-            the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)
-            scores (SAM's predicted quality of its three masks, best first), method (sam or grabcut),
-            candidate, notices
-        """
-        try:
-            image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
-        except API_FAILURES as exc:
-            raise gr.Error(one_line(exc)) from exc
-        return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
-
-    def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
-        """Write the SDXL prompt for a new background from a keyword and a mood (or the mood LLaVA
-        reads from a photo), cut to SDXL's 77 CLIP tokens.
-
-        Args:
-            keyword: what the new background should be, any language, e.g. "forest".
-            mood: mood keywords, e.g. "calm, warm"; empty = read from the photo if one is given.
-            photo: a photo whose mood to use when no mood is given.
-
-        Returns:
-            prompt (what SDXL would receive), prompt_tokens (its CLIP token count, at most 77), mood,
-            source (llm, or template when Ollama failed), notices
-        """
-        try:
-            return api.prompt(studio, keyword=keyword, mood=mood, photo=_file(photo))
-        except API_FAILURES as exc:
-            raise gr.Error(one_line(exc)) from exc
-
-    with demo:
-        gr.api(edit, api_name="edit", concurrency_id="gpu", concurrency_limit=1)
-        gr.api(mask, api_name="mask", concurrency_id="sam", concurrency_limit=2)
-        gr.api(prompt, api_name="prompt", concurrency_limit=4)
-
-
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     """Build the page and the API. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
     from pipelines.studio import Studio
@@ -704,7 +535,7 @@ def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     page = build_layout(settings)
     publish = page.files.move_resource_to_block_cache
     wire(page, Handlers(settings, studio, publish=publish))
-    register_api(page.demo, studio, publish)
+    app_api.register_api(page.demo, studio, publish)
     return page.demo
 
 
@@ -745,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     # through Gradio's cache (see Handlers.generate).
     demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
                 share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                js=BRUSH_JS, mcp_server=args.mcp)
+                js=BRUSH_JS.read_text(encoding="utf-8"), mcp_server=args.mcp)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,12 @@ class EditWorker:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
-        from pipelines import downloads, prompting, sam_models, sdxl_models
+        from pipelines import prompting, sam_models, sdxl_models
 
         start = time.perf_counter()
         sdxl_models.load_sdxl_from_settings(settings)
         sam_models.get_predictor(settings)
-        prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
+        prompting.sdxl_tokenizers(settings)
         return time.perf_counter() - start
 
     def run_task(self, task, settings: Settings) -> dict[str, Any]:

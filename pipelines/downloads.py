@@ -41,9 +41,12 @@ DOWNLOAD_TIMEOUT = 10.0  # seconds to connect, and the longest a read may stall;
 CHUNK = 1 << 20
 
 
+_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3))  # decimal, as download sizes are given
+
+
 def format_size(n: int) -> str:
     """Bytes for people: "6.9 GB", "375 MB", "12 kB"."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale in _UNITS:
         if n >= scale:
             return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
     return f"{n} B"
@@ -53,7 +56,7 @@ def format_progress(done: int, total: int) -> str:
     """ "2.1 / 6.9 GB" (in the total's unit), or "2.1 GB" when the total is unknown."""
     if not total:
         return format_size(done)
-    unit, scale = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if total >= s), ("B", 1))
+    unit, scale = next(((u, s) for u, s in _UNITS if total >= s), ("B", 1))
     return f"{done / scale:.1f} / {total / scale:.1f} {unit}"
 
 

@@ -217,8 +217,7 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
     if plan.background.plain:
         return Prepared(photo=photo, mask=mask, layer=layer, mood="", prompt=None, notices=notices)
 
-    # The local copy first: offline, an uncached model is one line at once, not minutes of retries.
-    tokenizers = prompting.load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
+    tokenizers = prompting.sdxl_tokenizers(settings)
     client = None
     mood = (request.mood or "").strip()
     if request.prompt is None and request.mood is None:
@@ -320,7 +319,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     if plan.background.plain:
         scores, order = [], list(range(len(checked.images)))
     else:
-        scores = [ranking.score_candidate(ready.photo, image, 1.0 - weight) for image in checked.images]
+        scores = ranking.score_candidates(ready.photo, checked.images, 1.0 - weight)
         order = ranking.best_first(scores)
         timings["ranking"] = time.perf_counter() - start
 

@@ -110,21 +110,16 @@ def save_erased(dir: Path, text_encoder, text_encoder_2, record: dict, *, overwr
     return dir
 
 
-def read_record(name: str, erased_dir: Path) -> dict:
-    """The `erasure.json` record of a listed entry.
-
-    Raises:
-        ValueError: if `name` is not listed by `list_erased(erased_dir)`.
-    """
-    _require_listed(name, erased_dir)
-    return json.loads((Path(erased_dir) / name / RECORD_FILE).read_text(encoding="utf-8"))
+def _read_record(folder: Path) -> dict:
+    """The parsed `erasure.json` of an entry's folder."""
+    return json.loads((Path(folder) / RECORD_FILE).read_text(encoding="utf-8"))
 
 
 def _valid_entry(path: Path) -> bool:
     if not _NAME_RE.fullmatch(path.name) or not (path / "text_encoder").is_dir():
         return False
     try:
-        record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
+        record = _read_record(path)
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or record.get("base") not in BASES or "concept" not in record:
@@ -173,7 +168,7 @@ def load_erased_encoders(name: str, erased_dir: Path, device: str = "cpu", dtype
     """
     _require_listed(name, erased_dir)
     path = (Path(erased_dir) / name).resolve()
-    record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
+    record = _read_record(path)
     key = (str(path), (path / RECORD_FILE).stat().st_mtime_ns, str(device), str(dtype))
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -242,7 +237,7 @@ def with_erased_encoders(components, name: str | None, erased_dir: Path) -> tupl
             raise ValueError(f"erased encoder {name!r}: its {label} does not fit this SDXL model ({detail})")
     notices = []
     if not all(_same_frozen_weights(new, old) for new, old in zip((te1, te2), originals)):
-        record = json.loads((Path(erased_dir) / name / RECORD_FILE).read_text(encoding="utf-8"))
+        record = _read_record(Path(erased_dir) / name)
         notices.append(f"erased encoder {name!r} was trained on {record.get('base_model') or 'an unknown model'}, "
                        f"not on the loaded SDXL {components.model_id} (their text encoders differ): the concept "
                        "may not be erased and other prompts may change")

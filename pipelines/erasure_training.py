@@ -66,14 +66,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines.erasure import BASES
+from pipelines.prompting.templates import PROMPTS_DIR
+from pipelines.prompting.tokens import MAX_TOKENS as MAX_LENGTH  # CLIP's context, BOS and EOS included
 
 CONCEPT_TYPES = ("style", "object", "nsfw")
-MAX_LENGTH = 77  # CLIP's context, BOS and EOS included
-PROMPT_LISTS_DIR = Path(__file__).resolve().parent.parent / "prompts" / "erasure"
+PROMPT_LISTS_DIR = PROMPTS_DIR / "erasure"
 
 # (learning rate, epochs) per concept type; see the module docstring for why these numbers.
 DEFAULT_HYPERPARAMETERS: dict[str, tuple[float, int]] = {
@@ -233,9 +233,12 @@ def anchor_prompts(exclude: str | None = None, heldout: bool = False) -> list[st
             erasing "forest" or "Hokusai" does not also try to keep it.
     """
     prompts = read_prompt_list("anchors_heldout" if heldout else "anchors")
-    if not exclude:
-        return prompts
-    words = {w for w in re.findall(r"\w+", exclude.lower()) if len(w) >= 3}
+    return _sharing_no_word(prompts, exclude) if exclude else prompts
+
+
+def _sharing_no_word(prompts: list[str], concept: str) -> list[str]:
+    """The prompts sharing none of the concept's words (3+ letters)."""
+    words = {w for w in re.findall(r"\w+", concept.lower()) if len(w) >= 3}
     return [p for p in prompts if not words & set(re.findall(r"\w+", p.lower()))]
 
 
@@ -454,13 +457,14 @@ def train_erasure(text_encoder, tokenizer, config: ErasureConfig, text_encoder_2
 
     # 2. Tokenize concept and anchor prompts (and the held-out ones the report measures)
     concept = config.concept.strip()
+    anchors = anchor_prompts()
     prompts = {
         "concepts": concept_prompts(concept, config.concept_type),
-        "anchors": anchor_prompts(exclude=concept),
+        "anchors": _sharing_no_word(anchors, concept),
         "heldout_concepts": concept_prompts(concept, config.concept_type, heldout=True),
         "heldout_anchors": anchor_prompts(exclude=concept, heldout=True),
     }
-    if len(prompts["anchors"]) < len(anchor_prompts()) // 2:
+    if len(prompts["anchors"]) < len(anchors) // 2:
         raise ValueError(f"concept {concept!r} shares words with most anchor prompts; nothing would be left to preserve")
     tokens = {name: _tokenize(tokenizers, texts, device) for name, texts in prompts.items()}
 

@@ -89,7 +89,7 @@ def make_room(client, mode: str, room: Room, *, wait: float = 10.0) -> list[str]
     if mode == "never" or (mode == "auto" and not room.short):
         return []
     try:
-        on_gpu = {name: vram for name, vram in client.loaded().items() if vram > 0}
+        on_gpu = _on_gpu(client)
         if not on_gpu:
             return []
         client.unload(list(on_gpu))
@@ -119,10 +119,15 @@ def make_room_for_edit(settings, size: tuple[int, int], *, sld: bool) -> list[st
 def oom_hint(client) -> str:
     """A sentence for an out-of-memory error when Ollama holds models on the GPU, else ""."""
     try:
-        on_gpu = {name: vram for name, vram in client.loaded().items() if vram > 0}
+        on_gpu = _on_gpu(client)
     except prompting.OllamaUnavailable:
         return ""
     if not on_gpu:
         return ""
     return (f"Ollama holds {', '.join(on_gpu)} on the GPU ({sum(on_gpu.values()) / GB:.1f} GB): "
             "set BACKDROP_OLLAMA_UNLOAD=always, or `ollama stop` them")
+
+
+def _on_gpu(client) -> dict[str, int]:
+    """The models Ollama has loaded with some of them in GPU memory: name -> bytes there."""
+    return {name: vram for name, vram in client.loaded().items() if vram > 0}

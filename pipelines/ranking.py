@@ -43,32 +43,41 @@ class Score:
 
 
 def score_candidate(photo: Image.Image, candidate: Image.Image, kept: np.ndarray) -> Score:
-    """Score one composite against the photo it came from.
+    """Score one composite against the photo it came from (`score_candidates` for one)."""
+    return score_candidates(photo, [candidate], kept)[0]
+
+
+def score_candidates(photo: Image.Image, candidates: list[Image.Image], kept: np.ndarray) -> list[Score]:
+    """Score composites of one photo; what depends on the photo alone is computed once.
 
     Args:
         photo: the original RGB photo (W, H).
-        candidate: the composite, RGB, same size.
+        candidates: the composites, RGB, same size.
         kept: float32 (H, W) in [0, 1], the kept layer's opacity (a matte's alpha, or 1 - the
             repaint mask); >= 0.5 counts as kept.
 
     Returns:
-        The `Score`.
+        One `Score` per candidate, in their order.
     """
     scale = min(1.0, ANALYSIS_SIDE / max(photo.size))
     size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-    old = _lab(photo, size)
-    new = _lab(candidate, size)
     alpha = Image.fromarray(np.asarray(kept, dtype=np.float32), "F").resize(size, Image.Resampling.BILINEAR)
     rings = _Rings(np.asarray(alpha) >= 0.5)
     if rings.empty:
-        return Score(0.0, 0.0, 0.0)  # no edge: nothing to judge
-    seam = (_excess(_halo(new, rings), _halo(old, rings))
-            + _excess(_edge_contrast(new, rings), _edge_contrast(old, rings)))
+        return [Score(0.0, 0.0, 0.0) for _ in candidates]  # no edge: nothing to judge
+    old = _lab(photo, size)
+    old_halo, old_contrast = _halo(old, rings), _edge_contrast(old, rings)
     around = rings.around
-    d_lightness = new[..., 0][around].mean() - old[..., 0][around].mean()
-    d_temperature = new[..., 2][around].mean() - old[..., 2][around].mean()  # b*: blue (-) to yellow (+)
-    light = math.hypot(d_lightness, d_temperature) / LIGHT_UNIT
-    return Score(seam=round(seam, 4), light=round(light, 4), total=round(-(seam + light), 4))
+    old_lightness, old_temperature = old[..., 0][around].mean(), old[..., 2][around].mean()
+    scores = []
+    for candidate in candidates:
+        new = _lab(candidate, size)
+        seam = _excess(_halo(new, rings), old_halo) + _excess(_edge_contrast(new, rings), old_contrast)
+        d_lightness = new[..., 0][around].mean() - old_lightness
+        d_temperature = new[..., 2][around].mean() - old_temperature  # b*: blue (-) to yellow (+)
+        light = math.hypot(d_lightness, d_temperature) / LIGHT_UNIT
+        scores.append(Score(seam=round(seam, 4), light=round(light, 4), total=round(-(seam + light), 4)))
+    return scores
 
 
 def best_first(scores: list[Score]) -> list[int]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from . import downloads
 from .errors import one_line
 from .masking import MaskPredictor
-from .settings import Settings
+from .settings import SAM_MODEL_TYPES, Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -48,7 +48,7 @@ def _official(name: str) -> Callable[[], "Sam"]:
 
 
 # name -> a function building the untrained model. The settings' variants are the official three.
-SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {name: _official(name) for name in ("vit_h", "vit_l", "vit_b")}
+SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {name: _official(name) for name in SAM_MODEL_TYPES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,11 +70,20 @@ def load_sam(checkpoint: Path, variant: str = "vit_h", device: str = "cpu") -> "
         RuntimeError: one line: the file is missing, unreadable, not a SAM state dict, or does not
             fit `variant` (naming the registered variant it fits, when one does).
     """
-    import torch
+    _check_registered(variant)
+    checkpoint = Path(checkpoint)
+    return _build(_read_state(checkpoint), variant, checkpoint, device)
 
+
+def _check_registered(variant: str) -> None:
     if variant not in SAM_VARIANTS:
         raise ValueError(f"SAM model type {variant!r} is not one of {', '.join(SAM_VARIANTS)}")
-    checkpoint = Path(checkpoint)
+
+
+def _read_state(checkpoint: Path) -> dict:
+    """The state dict of tensors in `checkpoint`, read on the CPU (RuntimeError with one line if not)."""
+    import torch
+
     if not checkpoint.is_file():
         raise RuntimeError(f"SAM checkpoint {checkpoint} does not exist")
     try:
@@ -85,6 +94,11 @@ def load_sam(checkpoint: Path, variant: str = "vit_h", device: str = "cpu") -> "
         state = state["model"]  # some fine-tuning scripts wrap the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RuntimeError(f"SAM checkpoint {checkpoint} does not hold a state dict of tensors")
+    return state
+
+
+def _build(state: dict, variant: str, checkpoint: Path, device: str) -> "Sam":
+    """`variant` (registered) with the weights of `state`, read from `checkpoint`, on `device`, in eval mode."""
     check_state_dict(state, variant, checkpoint)
     sam = SAM_VARIANTS[variant]()
     sam.load_state_dict(state, strict=True)
@@ -114,10 +128,10 @@ def check_state_dict(state: dict, variant: str, source: Path | str = "the checkp
     problems = _mismatches(state, variant)
     if not problems:
         return
-    fits = [other for other in SAM_VARIANTS if other != variant and not _mismatches(state, other)]
-    if fits:
-        raise OtherVariant(f"SAM checkpoint {source} is a {fits[0]} model, not {variant}: "
-                           f"set BACKDROP_SAM_MODEL_TYPE={fits[0]}", fits[0])
+    fits = next((other for other in SAM_VARIANTS if other != variant and not _mismatches(state, other)), None)
+    if fits is not None:
+        raise OtherVariant(f"SAM checkpoint {source} is a {fits} model, not {variant}: "
+                           f"set BACKDROP_SAM_MODEL_TYPE={fits}", fits)
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     raise RuntimeError(f"SAM checkpoint {source} does not fit the {variant} architecture: "
                        f"{'; '.join(problems[:3])}{more}")
@@ -147,6 +161,10 @@ class _Slot:
     signature: tuple | None = None  # the checkpoint's (size, mtime) the predictor was loaded from
     failure: str | None = None  # why the last attempt failed (for the status line; never blocks a retry)
     progress: tuple[int, int] | None = None  # (bytes done, bytes total) while downloading
+
+    def current(self, path: Path) -> bool:
+        """A predictor is loaded, from the checkpoint as `path` is now."""
+        return self.predictor is not None and self.signature == _signature(path)
 
 
 _SLOTS: dict[tuple, _Slot] = {}
@@ -194,7 +212,7 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
                           "masks come from GrabCut until then"]
         slot.lock.acquire()  # someone is loading the weights: that takes seconds, wait for it
     try:
-        if slot.predictor is not None and slot.signature == _signature(path):
+        if slot.current(path):
             return slot.predictor, []  # loaded by the caller this one waited for
         _load_into(slot, settings, path, device)
         if slot.predictor is not None:
@@ -212,13 +230,15 @@ def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None
     variant, notices = settings.sam_model_type, []
     try:
         checkpoint = downloads.ensure_sam_checkpoint(settings, on_progress=on_progress)
+        _check_registered(variant)
+        state = _read_state(checkpoint)  # once: vit_h's is 2.5 GB
         try:
-            sam = load_sam(checkpoint, variant, device)
+            sam = _build(state, variant, checkpoint, device)
         except OtherVariant as err:  # usable as it is: masks now, and a line saying what to set
             notices = [f"the SAM checkpoint is a {err.fits} model, not {variant}: loaded as {err.fits} "
                        f"(set BACKDROP_SAM_MODEL_TYPE={err.fits})"]
             variant = err.fits
-            sam = load_sam(checkpoint, variant, device)
+            sam = _build(state, variant, checkpoint, device)
             log.warning(notices[0])
     except RuntimeError as err:
         slot.failure = f"SAM unavailable: {err}"
@@ -238,10 +258,10 @@ def sam_status(settings: Settings) -> str:
     "GrabCut fallback: no SAM checkpoint at checkpoints/sam_vit_h_4b8939.pth (put sam_vit_h_4b8939.pth
     in checkpoints/, or run `python -m pipelines download sam`: 2.6 GB)".
     """
-    slot, _, device = _slot(settings)
-    path = Path(settings.sam_checkpoint)
+    slot, resolved, device = _slot(settings)
+    path = Path(settings.sam_checkpoint)  # as the user wrote it, for the lines below
     variant = settings.sam_model_type
-    if slot.predictor is not None and slot.signature == _signature(path.expanduser().resolve()):
+    if slot.current(resolved):
         notices = slot.predictor.notices
         return f"SAM {slot.predictor.variant} on {device}" + (f" ({notices[0]})" if notices else "")
     if slot.progress is not None:

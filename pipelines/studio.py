@@ -43,7 +43,6 @@ class Studio:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backdrop-bg")
         self._lock = threading.Lock()
         self._photos: OrderedDict[str, PhotoJobs] = OrderedDict()
-        self._tokenizers_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
 
     # --- models ------------------------------------------------------------------------------
@@ -53,11 +52,7 @@ class Studio:
 
     def tokenizers(self):
         """SDXL's tokenizers, from the local copy (only they are fetched when nothing is cached)."""
-        # One load at a time: concurrent first calls (four "Write prompt" clicks) would each load
-        # them, and race in transformers' lazy imports ("cannot import name 'CLIPTokenizer'").
-        with self._tokenizers_lock:
-            folder = downloads.sdxl_folder(self.settings, tokenizers_only=True)
-            return prompting.load_tokenizers(str(folder))
+        return prompting.sdxl_tokenizers(self.settings)
 
     def client(self):
         return prompting.make_client(self.settings.ollama_host, self.settings.ollama_timeout)
@@ -161,12 +156,12 @@ class Studio:
         """Pull the vision and text models if Ollama lacks them; returns the names pulled."""
         client = self.client()
         try:
-            missing = prompting.missing_models(client, (self.settings.vision_model, self.settings.text_model))
+            missing = client.missing_models((self.settings.vision_model, self.settings.text_model))
         except prompting.OllamaUnavailable as exc:
             raise RuntimeError(str(exc)) from exc
         for model in missing:
-            prompting.pull_model(client, model, (lambda status, done, total, m=model: on_progress(m, done, total))
-                                 if on_progress else None)
+            client.pull(model, (lambda status, done, total, m=model: on_progress(m, done, total))
+                        if on_progress else None)
         return missing
 
     # --- status ------------------------------------------------------------------------------

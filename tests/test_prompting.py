@@ -34,7 +34,6 @@ from pipelines.prompting import (
     ollama_status,
     parse_weights,
     plain_text,
-    pull_model,
     quality_words,
     second_prompt,
     user_prompt,
@@ -515,7 +514,7 @@ def test_pull_model_reports_progress(fake_ollama, client):
     fake_ollama.remove("llama2")
     fake_ollama.pullable["llama2"] = Script(text=FOREST_PROMPT)
     progress: list[tuple[str, int, int]] = []
-    pull_model(client, "llama2", lambda status, done, total: progress.append((status, done, total)))
+    client.pull("llama2", lambda status, done, total: progress.append((status, done, total)))
 
     assert progress == [("pulling manifest", 0, 0), ("pulling 0123", 0, 100), ("pulling 0123", 50, 100),
                         ("pulling 0123", 100, 100), ("verifying sha256 digest", 0, 0), ("success", 0, 0)]
@@ -525,10 +524,10 @@ def test_pull_model_reports_progress(fake_ollama, client):
 
 def test_pull_model_failures_are_one_line(client):
     with pytest.raises(RuntimeError, match=r"^cannot pull nosuchmodel: pull model manifest: file does not exist$"):
-        pull_model(client, "nosuchmodel")
+        client.pull("nosuchmodel")
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(RuntimeError) as caught:
-        pull_model(make_client(url, 5.0), "llava")
+        make_client(url, 5.0).pull("llava")
     assert str(caught.value) == f"cannot pull llava: Ollama is not running at {url} (start it with `ollama serve`)"
 
 

@@ -13,7 +13,7 @@ The package, one concern per module:
 
 - `llm`: the two LLM calls and their template fallbacks (`describe_mood`, `write_prompt`,
   `fallback_prompt`, `user_prompt`, `second_prompt`).
-- `tokens`: SDXL's tokenizers, `count_tokens`, the 77-token cut, the second encoder's text.
+- `tokens`: SDXL's tokenizers (`sdxl_tokenizers`), `count_tokens`, the 77-token cut, the second encoder's text.
 - `weights`: the seed's `phrase+++` weight marks, parsed so they never reach a tokenizer.
 - `cleaning`: LLM replies to a one-line prompt, or to mood keywords.
 - `transport`: `OllamaClient`, our client over the official `ollama` one (host, time-out, errors).
@@ -39,14 +39,19 @@ from pipelines.prompting.templates import (
     load_template,
     quality_words,
 )
-from pipelines.prompting.tokens import MAX_TOKENS, build_prompt_2, count_tokens, cut_to_tokens, load_tokenizers
+from pipelines.prompting.tokens import (
+    MAX_TOKENS,
+    build_prompt_2,
+    count_tokens,
+    cut_to_tokens,
+    load_tokenizers,
+    sdxl_tokenizers,
+)
 from pipelines.prompting.transport import (
     OllamaClient,
     OllamaUnavailable,
     make_client,
-    missing_models,
     ollama_status,
-    pull_model,
 )
 from pipelines.prompting.weights import Fragment, parse_weights, plain_text
 
@@ -54,6 +59,5 @@ __all__ = [
     "MAX_TOKENS", "PROMPTS_DIR", "Fragment", "MoodResult", "OllamaClient", "OllamaUnavailable", "PromptResult",
     "build_prompt_2", "clean_reply", "count_tokens", "cut_to_tokens", "default_negative_prompt",
     "default_sld_concept", "describe_mood", "fallback_prompt", "load_template", "load_tokenizers", "make_client",
-    "missing_models", "mood_keywords", "ollama_status", "parse_weights", "plain_text", "pull_model",
-    "quality_words", "second_prompt", "user_prompt", "write_prompt",
+    "mood_keywords", "ollama_status", "parse_weights", "plain_text", "quality_words", "sdxl_tokenizers", "second_prompt", "user_prompt", "write_prompt",
 ]

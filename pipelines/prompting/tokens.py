@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +23,11 @@ from pipelines.prompting.weights import has_weights, keep_plain_prefix, plain_te
 
 MAX_TOKENS = 77  # CLIP's context length, BOS and EOS included: SDXL's encoders drop anything after
 
+# One load at a time: concurrent first calls (four "Write prompt" clicks, parallel edits) would each
+# load them, and race in transformers' lazy imports ("cannot import name 'CLIPTokenizer'").
+_load_lock = threading.Lock()
 
-@lru_cache(maxsize=4)
+
 def load_tokenizers(model: str) -> tuple:
     """SDXL's two tokenizers, from a local diffusers folder or a Hugging Face model id.
 
@@ -37,6 +41,20 @@ def load_tokenizers(model: str) -> tuple:
     Raises:
         RuntimeError: one line saying where the tokenizers were looked for and what to do.
     """
+    with _load_lock:
+        return _load_tokenizers(model)
+
+
+def sdxl_tokenizers(settings) -> tuple:
+    """The tokenizers of the SDXL model `settings` name, from its local copy (only they are fetched
+    when nothing is cached): offline, an uncached model is one line at once, not minutes of retries."""
+    from pipelines import downloads
+
+    return load_tokenizers(str(downloads.sdxl_folder(settings, tokenizers_only=True)))
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizers(model: str) -> tuple:
     from transformers import CLIPTokenizer
 
     local = Path(model).expanduser()
@@ -128,14 +146,18 @@ def build_prompt_2(prompt: str, quality: str, tokenizer_2, max_tokens: int = MAX
 
     # the count grows with the number of phrases: find the most that fit
     lo, hi = 0, len(phrases)  # joined(lo) fits, joined(hi + 1) does not
+    lo_tokens = None  # count_tokens(joined(lo)), once the search has counted it
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_tokens(joined(mid), tokenizer_2) <= max_tokens:
-            lo = mid
+        mid_tokens = count_tokens(joined(mid), tokenizer_2)
+        if mid_tokens <= max_tokens:
+            lo, lo_tokens = mid, mid_tokens
         else:
             hi = mid - 1
     prompt_2 = joined(lo)
-    return prompt_2, count_tokens(prompt_2, tokenizer_2), ", ".join(phrases[lo:])
+    if lo_tokens is None:  # no quality phrase fits (or there are none): the scene alone
+        lo_tokens = count_tokens(prompt_2, tokenizer_2)
+    return prompt_2, lo_tokens, ", ".join(phrases[lo:])
 
 
 def _encode(tokenizer, text: str, offsets: bool = False):

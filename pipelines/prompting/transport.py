@@ -115,6 +115,9 @@ class OllamaClient:
     def pull(self, model: str, on_progress: Callable[[str, int, int], None] | None = None) -> None:
         """Download `model` into Ollama (`ollama pull`); the time-out bounds each wait for progress.
 
+        on_progress gets every progress line Ollama sends as (status, done, total) bytes, e.g.
+        ("pulling 170370233dd5", 2097152, 4108916384); 0, 0 when unknown.
+
         Raises:
             RuntimeError: one line: Ollama is not running, the model does not exist, or the pull broke.
         """
@@ -188,21 +191,6 @@ def ollama_status(client: OllamaClient, models: tuple[str, ...]) -> str:
         fixes = "; ".join(f"ollama pull {m}" for m in missing)
         return f"Ollama: {', '.join(missing)} not pulled ({fixes})"
     return f"Ollama: {', '.join(models)} ready"
-
-
-def missing_models(client: OllamaClient, models: tuple[str, ...]) -> list[str]:
-    """`client.missing_models(models)`: the models Ollama has not pulled (raises OllamaUnavailable)."""
-    return client.missing_models(models)
-
-
-def pull_model(client: OllamaClient, model: str,
-               on_progress: Callable[[str, int, int], None] | None = None) -> None:
-    """`client.pull(model, on_progress)`: download `model`, reporting (status, done, total) bytes.
-
-    on_progress gets every progress line Ollama sends, e.g. ("pulling 170370233dd5", 2097152,
-    4108916384); 0, 0 when unknown. Raises RuntimeError with one line when the pull fails.
-    """
-    client.pull(model, on_progress)
 
 
 def _is_installed(model: str, names: set[str]) -> bool:
