@@ -4,10 +4,15 @@ server on loopback, and settings that point the app at them. Nothing here downlo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # PIL is imported where a photo is made
+    from PIL import Image
 
 # Tests never reach a model hub; a loader that tries must fail fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +24,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
+from app_server import AppServer  # noqa: E402
 from fake_ollama import FakeOllama  # noqa: E402
 from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
@@ -106,6 +112,15 @@ def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 6
     return Image.fromarray(background.astype(np.uint8), "RGB")
 
 
+def half_mask(photo):
+    """A float32 (H, W) mask of `photo`'s size that repaints the right half (1) and keeps the left (0)."""
+    import numpy as np
+
+    mask = np.zeros((photo.height, photo.width), np.float32)
+    mask[:, photo.width // 2:] = 1.0
+    return mask
+
+
 def app_env(s: Settings) -> dict:
     """Environment variables that point `python app.py` / `python -m pipelines` at `s`'s models."""
     env = dict(os.environ)
@@ -126,3 +141,24 @@ def app_env(s: Settings) -> dict:
 def tiny_env(tiny_settings) -> dict:
     """Environment variables that point `python app.py` / `python -m pipelines` at the tiny models."""
     return app_env(tiny_settings)
+
+
+@pytest.fixture
+def app_url(tiny_env, tmp_path):
+    """The URL of the real `python app.py` started with `tiny_env` (a module may override `tiny_env`)."""
+    app = AppServer(tiny_env, tmp_path / "app.log")
+    if (failed := app.wait()) is not None:
+        pytest.fail(failed)
+    yield app.url
+    app.stop()
+
+
+def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m pipelines *args` from `cwd` with `env` (as from `app_env`), output captured as text.
+
+    The package is found from the repository, as after a clone; the env's PYTHONPATH is kept, since it
+    holds tests/site, which registers the tiny SAM variant in the started process.
+    """
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent), env.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import AppServer
 from conftest import make_photo
 from PIL import Image
 
@@ -20,15 +19,6 @@ from pipelines.editing import read_parameters
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not __import__("os").environ.get("CI"),
                                 reason="Debian's chromium is not installed (apt-get install chromium)")
-
-
-@pytest.fixture
-def app_url(tiny_env, tmp_path):
-    app = AppServer(tiny_env, tmp_path / "app.log")
-    if (failed := app.wait()) is not None:
-        pytest.fail(failed)
-    yield app.url
-    app.stop()
 
 
 @pytest.fixture
@@ -58,6 +48,11 @@ def _new_page(browser):
 
 def _photo_src(page) -> str:
     return page.locator("#photo img").first.get_attribute("src") or ""
+
+
+def _wait_photo_changed(page, before, timeout=60_000):
+    page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
+                           arg=before, timeout=timeout)
 
 
 def _set_slider(page, selector, value):
@@ -97,8 +92,7 @@ def _upload_and_click(page, photo_path, tmp_path, name):
             if attempt == 1:
                 page.screenshot(path=str(tmp_path / f"{name}-click.png"), full_page=True)
                 raise
-    page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
-                           arg=before, timeout=30_000)  # and the preview now shows the mask and the point
+    _wait_photo_changed(page, before, timeout=30_000)  # and the preview now shows the mask and the point
 
 
 def _download(page, tmp_path, name) -> Path:
@@ -168,11 +162,6 @@ def test_two_sessions_at_once_get_their_own_results(app_url, browser, tmp_path, 
 
 
 # --- the brush, masks in and out (issue 18.4-18.5) -----------------------------------------------
-
-def _wait_photo_changed(page, before):
-    page.wait_for_function("(b) => { const i = document.querySelector('#photo img'); return i && i.src !== b; }",
-                           arg=before, timeout=60_000)
-
 
 def _on_photo(page, x, y):
     """Where photo pixel (x, y) is on the screen (the preview is the photo here, scaled to fit)."""

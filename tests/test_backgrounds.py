@@ -13,10 +13,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
-from test_cli import _run
 from test_compositing import NEW_BACKGROUND, _magenta_excess, _scene, fuzzy_edge
 
 from pipelines import backgrounds, batch, canvas, compositing, downloads, images, masking, prompting, sdxl_models
@@ -44,7 +43,7 @@ def offline(tmp_path, monkeypatch) -> Settings:
 @pytest.fixture(scope="module")
 def scene():
     truth = fuzzy_edge()
-    photo, grey = _scene(truth, seed=4)
+    photo, _ = _scene(truth, seed=4)
     return photo, truth
 
 
@@ -309,7 +308,7 @@ def test_command_line_plain_background_without_any_model(tiny_env, tmp_path):
     mask[30:90, 50:110] = 0
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "cut.png"
-    done = _run(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--background", "transparent",
+    done = run_cli(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--background", "transparent",
                  "--canvas", "16:9", "--place", "left", "--edge", "feather", "--out", str(out), "--json"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
@@ -325,7 +324,7 @@ def test_command_line_plain_background_without_any_model(tiny_env, tmp_path):
                           (["--canvas", "100x100"], "cannot hold the 160x120 photo"),
                           (["--background", "nope"], "unknown background 'nope'"),
                           (["--place", "middle"], "--place")):
-        bad = _run(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--background", "white", *args],
+        bad = run_cli(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--background", "white", *args],
                    env, tmp_path)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
 

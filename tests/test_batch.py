@@ -18,8 +18,6 @@ from pipelines.__main__ import main
 from pipelines.editing import read_parameters, run_edit
 from pipelines.types import ClickPoint, EditRequest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _write_csv(path: Path, header: str, *rows: str) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from PIL import Image
 
 from pipelines import checking
 from pipelines.editing import read_parameters, run_edit
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeDetector:
@@ -212,11 +207,10 @@ def test_json_has_the_safety_object_with_the_real_detector(tiny_env, tmp_path):
     mask = Image.new("L", (160, 120), 0)
     mask.paste(255, (80, 0, 160, 120))
     mask.save(tmp_path / "mask.png")
-    env = {**tiny_env, "PYTHONPATH": str(ROOT), "BACKDROP_MIN_SAFETY": "medium"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", "edit", str(photo), "--mask", str(tmp_path / "mask.png"),
-         "--prompt", "a galaxy", "--safety", "max", "--sld-concept", "a cat", "--steps", "2", "--seed", "3",
-         "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {**tiny_env, "BACKDROP_MIN_SAFETY": "medium"}
+    done = run_cli(["edit", str(photo), "--mask", str(tmp_path / "mask.png"), "--prompt", "a galaxy",
+                    "--safety", "max", "--sld-concept", "a cat", "--steps", "2", "--seed", "3", "--json"],
+                   env, tmp_path)
     assert done.returncode == 0, done.stderr
     safety = json.loads(done.stdout)["safety"]
     from pipelines.safety import default_sld_concept

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from PIL import Image
 
 from pipelines.editing import read_parameters
-
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run(args, env, cwd):
-    # `cwd` is where a user stands; the package is found from the repository, as after a clone.
-    env = {**env, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -33,11 +20,12 @@ def photo_path(tmp_path):
 
 def test_edit_json_record_and_file(tiny_env, tmp_path, photo_path, fake_ollama):
     out = tmp_path / "out.png"
-    done = _run(["edit", str(photo_path), "--point", "80,60", "--point", "5,5,0", "--keyword", "forest",
+    done = run_cli(["edit", str(photo_path), "--point", "80,60", "--point", "5,5,0", "--keyword", "forest",
                  "--safety", "medium", "--steps", "3", "--seed", "42", "--out", str(out), "--json"],
                 tiny_env, tmp_path)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
+    assert not any(n.startswith("SAM unavailable") for n in record["notices"]), record["notices"]
     assert record["outputs"] == [str(out)] and record["seeds"] == [42]
     assert record["edge"] == "matte" and len(record["scores"]) == 1
     assert float(read_parameters(out)["Score"]) == record["scores"][0]
@@ -51,11 +39,11 @@ def test_edit_json_record_and_file(tiny_env, tmp_path, photo_path, fake_ollama):
 
 def test_edge_flag_reaches_the_png_and_bad_edge_is_refused(tiny_env, tmp_path, photo_path):
     out = tmp_path / "hard.png"
-    done = _run(["edit", str(photo_path), "--point", "80,60", "--prompt", "a beach", "--edge", "hard",
+    done = run_cli(["edit", str(photo_path), "--point", "80,60", "--prompt", "a beach", "--edge", "hard",
                  "--steps", "2", "--seed", "3", "--out", str(out), "--json"], tiny_env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["edge"] == "hard" and read_parameters(out)["Edge"] == "hard"
-    bad = _run(["edit", str(photo_path), "--point", "80,60", "--prompt", "x", "--edge", "soft"], tiny_env, tmp_path)
+    bad = run_cli(["edit", str(photo_path), "--point", "80,60", "--prompt", "x", "--edge", "soft"], tiny_env, tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--edge" in bad.stderr
 
 
@@ -65,7 +53,7 @@ def test_existing_out_gets_a_new_name(tiny_env, tmp_path, photo_path):
     mask = Image.new("L", (160, 120), 0)
     mask.paste(255, (80, 0, 160, 120))
     mask.save(tmp_path / "mask.png")
-    done = _run(["edit", str(photo_path), "--mask", str(tmp_path / "mask.png"), "--prompt", "a galaxy",
+    done = run_cli(["edit", str(photo_path), "--mask", str(tmp_path / "mask.png"), "--prompt", "a galaxy",
                  "--steps", "2", "--seed", "1", "--out", str(out), "--json"], tiny_env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == b"keep me"
@@ -81,7 +69,7 @@ def test_existing_out_gets_a_new_name(tiny_env, tmp_path, photo_path):
     (["--point", "eighty"], "error: argument --point: 'eighty' is not X,Y or X,Y,LABEL"),
 ])
 def test_bad_input_exits_2_with_one_line(tiny_env, tmp_path, photo_path, args, message):
-    done = _run(["edit", str(photo_path), "--prompt", "x", *args], tiny_env, tmp_path)
+    done = run_cli(["edit", str(photo_path), "--prompt", "x", *args], tiny_env, tmp_path)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [message] or (len(lines) == 1 and lines[0].startswith(message)), done.stderr
@@ -96,7 +84,7 @@ def test_bad_input_exits_2_with_one_line(tiny_env, tmp_path, photo_path, args, m
     (["--concept", " ", "--concept-type", "style"], "error: concept is empty"),
 ])
 def test_erase_bad_input_exits_2_before_loading(tiny_env, tmp_path, args, message):
-    done = _run(["erase", *args], tiny_env, tmp_path)
+    done = run_cli(["erase", *args], tiny_env, tmp_path)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
@@ -105,19 +93,19 @@ def test_erase_bad_input_exits_2_before_loading(tiny_env, tmp_path, args, messag
 def test_non_image_is_refused(tiny_env, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("not a photo")
-    done = _run(["edit", str(bogus), "--point", "1,1", "--prompt", "x"], tiny_env, tmp_path)
+    done = run_cli(["edit", str(bogus), "--point", "1,1", "--prompt", "x"], tiny_env, tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: the file is not an image Backdrop can read (PNG, JPEG, WebP, ...)"
 
 
 def test_bad_setting_names_the_variable(tiny_env, tmp_path, photo_path):
     env = {**tiny_env, "BACKDROP_DEVICE": "tpu"}
-    done = _run(["edit", str(photo_path), "--point", "1,1", "--prompt", "x"], env, tmp_path)
+    done = run_cli(["edit", str(photo_path), "--point", "1,1", "--prompt", "x"], env, tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: BACKDROP_DEVICE='tpu' is not valid")
 
 
 def test_presets_json(tiny_env, tmp_path):
-    done = _run(["presets", "--json"], tiny_env, tmp_path)
+    done = run_cli(["presets", "--json"], tiny_env, tmp_path)
     assert done.returncode == 0
     table = json.loads(done.stdout)
     assert table["Hyp-Weak"] == {"level": "weak", "sld_warmup_steps": 15, "sld_guidance_scale": 200, "sld_threshold": 0.0,

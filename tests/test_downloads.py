@@ -9,9 +9,6 @@ import hashlib
 import http.server
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_photo
+from app_server import free_port as closed_port
+from conftest import half_mask, make_photo, run_cli
 
 from pipelines import __main__ as cli
 from pipelines import downloads
@@ -29,7 +27,6 @@ from pipelines.editing import run_edit
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
 
-ROOT = Path(__file__).resolve().parent.parent
 HUB_ID = "backdrop-tests/sdxl-not-here"
 
 
@@ -69,12 +66,6 @@ class RangeServer:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,8 +125,7 @@ def unreachable_hub(monkeypatch, tmp_path):
 def test_sdxl_neither_cached_nor_reachable_is_one_line_at_once(unreachable_hub, tiny_settings):
     settings = dataclasses.replace(tiny_settings, sdxl_model=HUB_ID)
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0
+    mask = half_mask(photo)
     started = time.perf_counter()
     with pytest.raises(RuntimeError) as info:
         run_edit(EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=2), settings)
@@ -154,16 +144,15 @@ def test_sdxl_unreachable_from_the_command_line_exits_1_with_one_line(tiny_env, 
     make_photo().save(photo)
     env = {k: v for k, v in tiny_env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(BACKDROP_SDXL_MODEL=HUB_ID, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-               HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
+               HF_HOME=str(tmp_path / "hf"))
     mask = tmp_path / "mask.png"
     from PIL import Image
 
     half = Image.new("L", (160, 120), 0)
     half.paste(255, (80, 0, 160, 120))
     half.save(mask)
-    done = subprocess.run([sys.executable, "-m", "pipelines", "edit", str(photo), "--mask", str(mask),
-                           "--prompt", "a forest", "--steps", "2"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180)
+    done = run_cli(["edit", str(photo), "--mask", str(mask), "--prompt", "a forest", "--steps", "2"], env, tmp_path,
+                   timeout=180)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 1, done.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: SDXL {HUB_ID} is not downloaded and the Hugging "

@@ -6,23 +6,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import half_mask, make_photo
 
 from pipelines.editing import read_parameters, run_edit
 from pipelines.prompting import count_tokens
 from pipelines.types import ClickPoint, EditRequest
 
 
-def _half_mask(photo) -> np.ndarray:
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, photo.width // 2:] = 1.0  # repaint the right half
-    return mask
-
-
 def test_edit_with_mask_keeps_kept_pixels_and_saves_parameters(tiny_settings, fake_ollama, clip_tokenizers):
     photo = make_photo(170, 130)
     # The feather edge: its ramp geometry is what this test pins (the matte edge: test_compositing).
-    request = EditRequest(image=photo, mask=_half_mask(photo), keyword="forest", safety="strong",
+    request = EditRequest(image=photo, mask=half_mask(photo), keyword="forest", safety="strong",
                           num_inference_steps=4, seed=1234, feather=6, edge="feather")
     result = run_edit(request, tiny_settings)
 
@@ -59,7 +53,7 @@ def test_edit_with_mask_keeps_kept_pixels_and_saves_parameters(tiny_settings, fa
 
 def test_same_seed_same_image_and_candidates_get_their_own_seeds(tiny_settings):
     photo = make_photo()
-    request = EditRequest(image=photo, mask=_half_mask(photo), prompt="a galaxy", num_inference_steps=3,
+    request = EditRequest(image=photo, mask=half_mask(photo), prompt="a galaxy", num_inference_steps=3,
                           seed=7, num_candidates=2)
     first = run_edit(request, tiny_settings, save=False)
     again = run_edit(request, tiny_settings, save=False)
@@ -85,7 +79,7 @@ def test_existing_out_is_never_overwritten(tiny_settings, tmp_path):
     photo = make_photo()
     out = tmp_path / "result.png"
     out.write_bytes(b"precious")
-    request = EditRequest(image=photo, mask=_half_mask(photo), prompt="a forest", num_inference_steps=2, seed=1)
+    request = EditRequest(image=photo, mask=half_mask(photo), prompt="a forest", num_inference_steps=2, seed=1)
     result = run_edit(request, tiny_settings, out=out)
     assert out.read_bytes() == b"precious"
     assert result.paths == [tmp_path / "result_2.png"]
@@ -95,7 +89,7 @@ def test_existing_out_is_never_overwritten(tiny_settings, tmp_path):
 def test_ollama_down_falls_back_to_template_prompt(tiny_settings):
     closed = dataclasses.replace(tiny_settings, ollama_host="http://127.0.0.1:9", ollama_timeout=2.0)
     photo = make_photo()
-    request = EditRequest(image=photo, mask=_half_mask(photo), keyword="비 오는 밤거리", num_inference_steps=2, seed=1)
+    request = EditRequest(image=photo, mask=half_mask(photo), keyword="비 오는 밤거리", num_inference_steps=2, seed=1)
     result = run_edit(request, closed, save=False)
     assert "비 오는 밤거리" in result.prompt
     assert any("ollama serve" in n for n in result.notices)
@@ -114,7 +108,7 @@ def test_ollama_down_falls_back_to_template_prompt(tiny_settings):
 ])
 def test_bad_requests_are_refused_with_one_line(tiny_settings, change, message):
     photo = make_photo()
-    request = dataclasses.replace(EditRequest(image=photo, mask=_half_mask(photo), prompt="x"), **change)
+    request = dataclasses.replace(EditRequest(image=photo, mask=half_mask(photo), prompt="x"), **change)
     with pytest.raises(ValueError, match=message) as err:
         run_edit(request, tiny_settings, save=False)
     assert "\n" not in str(err.value)
@@ -123,7 +117,7 @@ def test_bad_requests_are_refused_with_one_line(tiny_settings, change, message):
 def test_deployment_minimum_safety_is_enforced(tiny_settings):
     strict = dataclasses.replace(tiny_settings, min_safety="medium")
     photo = make_photo()
-    request = EditRequest(image=photo, mask=_half_mask(photo), prompt="x", safety="weak")
+    request = EditRequest(image=photo, mask=half_mask(photo), prompt="x", safety="weak")
     with pytest.raises(ValueError, match="below this deployment's minimum 'medium'"):
         run_edit(request, strict, save=False)
 
@@ -151,6 +145,6 @@ def test_candidates_come_best_first_and_each_is_reproduced_from_its_own_seed(tin
 
 def test_unknown_edge_is_refused(tiny_settings):
     photo = make_photo()
-    request = EditRequest(image=photo, mask=_half_mask(photo), prompt="x", edge="soft")
+    request = EditRequest(image=photo, mask=half_mask(photo), prompt="x", edge="soft")
     with pytest.raises(ValueError, match="unknown edge 'soft' \\(choose matte, feather, hard\\)"):
         run_edit(request, tiny_settings, save=False)

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import half_mask, make_photo
 from tiny_lora import save_random_lora, tiny_unet_output
 
 from pipelines import blending, fast, sdxl_models
@@ -74,7 +75,7 @@ def test_each_sampler_is_the_model_cards(components, sampler, cls, timesteps, in
         assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
 
 
-def test_fused_lora_matches_the_unfused_one_and_switching_back_is_bit_identical(components, lora_dir):
+def test_fused_lora_matches_the_unfused_one_and_switching_back_is_bit_identical(components, lora_dir, monkeypatch):
     unet = components.unet
     original = {name: p.detach().clone() for name, p in unet.state_dict().items()}
     pristine = copy.deepcopy(unet)
@@ -86,7 +87,11 @@ def test_fused_lora_matches_the_unfused_one_and_switching_back_is_bit_identical(
     assert not any("lora" in name for name in unet.state_dict())  # fused, the wrappers are gone
     assert (with_a - base).abs().max() > 1e-3
     assert torch.allclose(with_a, _unfused_lora_output(pristine, lora_dir / "a.safetensors"), atol=1e-5, rtol=0)
+    monkeypatch.setattr(fast, "fuse_lora_file", lambda *a, **k: pytest.fail("fused again"))
+    monkeypatch.setattr(fast, "_restore", lambda *a, **k: pytest.fail("restored"))
     assert use_fast(components, _preset("a.safetensors"), lora_dir) == []  # already fused: nothing to do
+    monkeypatch.undo()
+    assert torch.equal(tiny_unet_output(unet), with_a)
 
     use_fast(components, _preset("b.safetensors"), lora_dir)  # switch: restore, then fuse the other
     with_b = tiny_unet_output(unet)
@@ -144,16 +149,13 @@ class _Recorder:
 
 
 def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
-    from conftest import make_photo
-
     from pipelines.editing import read_parameters, run_edit, validate_request
     from pipelines.types import EditRequest
 
     preset = FAST_PRESETS["lightning-4step"]
     save_random_lora(components.unet, tiny_settings.lora_dir / preset.filename)
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0  # a given mask: no SAM needed
+    mask = half_mask(photo)  # a given mask: no SAM needed
     request = EditRequest(image=photo, mask=mask, prompt="a beach", mood="", seed=3, fast="lightning-4step",
                           safety="medium")
     shared = sdxl_models.load_sdxl_from_settings(tiny_settings)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import half_mask, make_photo
 
 from pipelines import blending, editing, gpu_room, prompting
 from pipelines.gpu_room import GB, Room
@@ -82,8 +81,7 @@ def test_no_unload_on_the_cpu(tiny_settings, fake_ollama, client):
 
 def test_out_of_memory_names_ollama_when_it_holds_gpu_memory(tiny_settings, fake_ollama, client, monkeypatch):
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0
+    mask = half_mask(photo)
     request = EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=1, seed=1)
 
     def out_of_memory(*args, **kwargs):

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import half_mask, make_photo
 from PIL import Image
 
 from pipelines import images
@@ -62,7 +62,8 @@ def test_the_form_becomes_the_request_the_widgets_show():
 def test_preview_tints_the_chosen_subject_after_grow_and_keeps_the_rest():
     photo = make_photo(160, 120)
     state = PageState.for_photo("key", photo).with_prediction((ClickPoint(120, 90),), _prediction(120, 160))
-    assert preview(PageState.for_photo("key", photo), 160) is not None
+    untinted = preview(PageState.for_photo("key", photo), 160)  # no prediction yet: the photo itself
+    assert untinted.size == photo.size and untinted.tobytes() == photo.tobytes()
     shown = np.asarray(preview(state, photo.width, candidate=1, grow=0)).astype(int)
     original = np.asarray(photo).astype(int)
     assert np.array_equal(shown[:60, :80], original[:60, :80])  # not candidate 1: the photo's own pixels
@@ -88,8 +89,7 @@ def test_candidate_choices_and_safety_text():
 ])
 def test_bad_requests_are_refused_at_the_edge_before_any_model(change, message):
     photo = make_photo()
-    mask = np.zeros((120, 160), np.float32)
-    mask[:, 80:] = 1
+    mask = half_mask(photo)
     request = dataclasses.replace(EditRequest(image=photo, mask=mask, prompt="x"), **change)
     # No model exists at these paths: only the edge check can answer, and it answers first.
     nowhere = Settings(sdxl_model="/no/such/sdxl", sam_checkpoint="/no/such/sam.pth", sam_auto_download=False,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import io
 import re
-import socket
 import time
 
 import numpy as np
 import pytest
+from app_server import free_port as closed_port
 from fake_ollama import Script
 from PIL import Image
 
@@ -82,12 +82,6 @@ def photo() -> Image.Image:
     """A 2000x1000 RGBA photo: a horizontal gradient, so the downscaled JPEG can be checked."""
     ramp = Image.linear_gradient("L").rotate(90).resize((2000, 1000))
     return Image.merge("RGBA", (ramp, ramp, Image.new("L", (2000, 1000), 90), Image.new("L", (2000, 1000), 255)))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
 
 
 # ----------------------------------------------------------------------------------------------

@@ -121,9 +121,8 @@ def test_growth_is_measured_from_the_end_of_the_warm_up(rss, expected):
     assert growth(rows) == pytest.approx(expected)
 
 
-
 # --- the page's queue, full ------------------------------------------------------------------------
-from test_app_browser import app_url  # noqa: E402, F401 - the real `python app.py` with the tiny models
+# `app_url` (conftest) starts the real `python app.py` with this module's `tiny_env` below.
 
 QUEUE_SIZE = 1  # requests waiting beyond those running (BACKDROP_QUEUE_SIZE)
 PROMPT_SLOTS = 4  # /prompt requests (the API behind "Write prompt") that run at once (app.py's concurrency_limit)

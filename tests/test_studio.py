@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
-from conftest import make_photo
+from conftest import half_mask, make_photo
 
 from pipelines.blending import Cancelled
 from pipelines.studio import Studio
@@ -34,8 +33,7 @@ def test_upload_starts_embedding_and_mood_and_clicks_reuse_them(tiny_settings, f
 def test_cancel_stops_the_sessions_edit_and_the_next_edit_works(tiny_settings):
     studio = Studio(tiny_settings)
     photo = make_photo()
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, 80:] = 1.0
+    mask = half_mask(photo)
     request = EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=6, seed=3)
     steps = []
 
