@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -18,54 +16,17 @@ import pytest
 import torch
 from app_server import free_port as closed_port
 from conftest import half_mask, make_photo, run_cli
+from file_server import FileServer
 
 from pipelines import __main__ as cli
 from pipelines import downloads
-from pipelines.sdxl_models import load_sdxl
 from pipelines.downloads import download_checkpoint, sdxl_folder
 from pipelines.editing import run_edit
+from pipelines.sdxl_models import load_sdxl
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
 
 HUB_ID = "backdrop-tests/sdxl-not-here"
-
-
-class RangeServer:
-    """Serves one file on 127.0.0.1 with HTTP Range support; can cut the first answer short."""
-
-    def __init__(self, name: str, data: bytes, cut_after: int | None = None):
-        self.data, self.cut_after, self.ranges, self.sent = data, cut_after, [], []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.lstrip("/") != name:
-                    self.send_error(404)
-                    return
-                header = self.headers.get("Range")
-                outer.ranges.append(header)
-                start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
-                body = outer.data[start:]
-                self.send_response(206 if header else 200)
-                if header:
-                    self.send_header("Content-Range", f"bytes {start}-{len(outer.data) - 1}/{len(outer.data)}")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if outer.cut_after is not None:  # the connection drops mid-way, once
-                    body, outer.cut_after = body[:outer.cut_after], None
-                outer.sent.append(len(body))
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,15 +35,15 @@ class RangeServer:
 def test_interrupted_sam_download_resumes_where_it_stopped(tmp_path):
     data = bytes(np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8))
     prefix = hashlib.sha256(data).hexdigest()[:6]
-    server = RangeServer("sam.pth", data, cut_after=1_200_000)
+    server = FileServer({"sam.pth": data}, cut_after=1_200_000)
     dest = tmp_path / "sam.pth"
     try:
         with pytest.raises(RuntimeError, match=r"stopped at 1200000 of 3000000 bytes.*run again to resume"):
-            download_checkpoint(server.url, dest, prefix, len(data))
+            download_checkpoint(server.url + "sam.pth", dest, prefix, len(data))
         assert not dest.exists() and (tmp_path / "sam.pth.part").stat().st_size == 1_200_000
 
         progress = []
-        assert download_checkpoint(server.url, dest, prefix, len(data),
+        assert download_checkpoint(server.url + "sam.pth", dest, prefix, len(data),
                                    on_progress=lambda d, t: progress.append((d, t))) == dest
         assert server.ranges == [None, "bytes=1200000-"]  # the second request asked for the rest only
         assert server.sent == [1_200_000, 1_800_000]
@@ -96,13 +57,13 @@ def test_a_damaged_partial_file_is_caught_by_the_hash_and_removed(tmp_path):
     data = bytes(range(256)) * 4000
     prefix = hashlib.sha256(data).hexdigest()[:6]
     (tmp_path / "sam.pth.part").write_bytes(b"\0" * 1000)  # not the file's first 1000 bytes
-    server = RangeServer("sam.pth", data)
+    server = FileServer({"sam.pth": data})
     try:
         with pytest.raises(RuntimeError, match=rf"downloaded sam.pth is damaged: its SHA-256 starts with "
                                                rf"[0-9a-f]{{6}}, expected {prefix}"):
-            download_checkpoint(server.url, tmp_path / "sam.pth", prefix, len(data))
+            download_checkpoint(server.url + "sam.pth", tmp_path / "sam.pth", prefix, len(data))
         assert server.ranges == ["bytes=1000-"] and list(tmp_path.iterdir()) == []
-        assert download_checkpoint(server.url, tmp_path / "sam.pth", prefix, len(data)).read_bytes() == data
+        assert download_checkpoint(server.url + "sam.pth", tmp_path / "sam.pth", prefix, len(data)).read_bytes() == data
     finally:
         server.close()
 
@@ -227,7 +188,7 @@ def test_download_command_fetches_sam_and_reports_sdxl(tmp_path, monkeypatch, ca
     prefix = hashlib.sha256(data).hexdigest()[:6]
     name = f"sam_test_{prefix}.pth"
     monkeypatch.setitem(downloads.SAM_DOWNLOADS, name, (prefix, len(data)))
-    server = RangeServer(name, data)
+    server = FileServer({name: data})
     dest = tmp_path / "ckpt" / name
     settings = ["--sam-checkpoint", str(dest), "--sam-download-base", server.url.rsplit("/", 1)[0],
                 "--no-sam-auto-download", "--sdxl-model", str(tiny_sdxl_dir)]

@@ -5,7 +5,6 @@ predictor, and concurrent sessions."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from file_server import FileServer
 from PIL import Image
 
 from pipelines import downloads, masking, sam_models
@@ -391,38 +391,6 @@ def test_overlay_tints_the_subject_and_marks_points():
 # ----------------------------------------------------------------------------------------------
 # checkpoint download and the shared predictor
 # ----------------------------------------------------------------------------------------------
-class FileServer:
-    """A tiny HTTP server on 127.0.0.1 serving `files` (name -> bytes); counts requests."""
-
-    def __init__(self, files: dict[str, bytes], content_length: dict[str, int] | None = None):
-        self.files, self.content_length, self.hits = files, content_length or {}, 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits += 1
-                name = self.path.lstrip("/")
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                data = outer.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(outer.content_length.get(name, len(data))))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def file_server():
     servers = []
