@@ -398,8 +398,9 @@ class Handlers:
 
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
         """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
-        from pipelines.blending import Cancelled, GpuOutOfMemory
+        from pipelines import libraries
         from pipelines.downloads import format_progress
+        from pipelines.errors import Cancelled, GpuOutOfMemory
 
         if state.key is None:
             raise gr.Error("upload a photo first")
@@ -420,6 +421,8 @@ class Handlers:
                 return
             progress((i, n) if n else None, desc=f"{STAGES[stage]}: step {i}/{n}" if n else STAGES[stage])
 
+        if not libraries.is_ready():  # only right after start: the edit waits for them (libraries.py)
+            progress(None, desc="Loading the libraries (torch, diffusers)")
         try:
             result = self.studio.edit(request, session, on_progress)
         except Cancelled:
@@ -570,6 +573,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--mcp cannot be combined with --auth (Gradio's MCP server has no login)")
     except ValueError as exc:
         sys.exit(f"error: {exc}")
+    from pipelines import libraries
+
+    libraries.start_in_background()  # torch, diffusers, ... imported once, before the first click needs them
     demo = build_demo(settings)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # No allowed_paths: the output folder is never served; each result reaches its own session

@@ -83,7 +83,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
             prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
         """
-        from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
+        from pipelines.errors import Cancelled
 
         try:
             result, record = api.edit(

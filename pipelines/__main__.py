@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("error: interrupted\n")
         return 1
     except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
-        from pipelines.blending import Cancelled, GpuOutOfMemory
+        from pipelines.errors import Cancelled, GpuOutOfMemory
 
         known = (Cancelled, GpuOutOfMemory, RuntimeError, OSError)
         if not isinstance(exc, known):

@@ -39,6 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from pipelines import images
+from pipelines.errors import Cancelled, GpuOutOfMemory  # noqa: F401  (raised here; callers import them from errors)
 from pipelines.prompting.weights import Fragment, parse_weights
 from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
 from pipelines.sdxl_models import SDXLComponents
@@ -58,14 +59,6 @@ SDXL_LATENT_RGB_FACTORS = (
     (-0.3165, -0.2492, -0.2188),
 )
 SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
-
-
-class Cancelled(Exception):
-    """The caller's `should_cancel()` returned True; the edit stopped between two steps."""
-
-
-class GpuOutOfMemory(RuntimeError):
-    """The GPU ran out of memory during an edit. Its memory has been freed; the next edit can run."""
 
 
 @contextmanager

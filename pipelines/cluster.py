@@ -42,9 +42,10 @@ class EditWorker:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
-        from pipelines import prompting, sam_models, sdxl_models
+        from pipelines import libraries, prompting, sam_models, sdxl_models
 
         start = time.perf_counter()
+        libraries.ensure_imported()  # a worker runs two calls at once (max_concurrency): see libraries.py
         sdxl_models.load_sdxl_from_settings(settings)
         sam_models.get_predictor(settings)
         prompting.sdxl_tokenizers(settings)
@@ -52,15 +53,19 @@ class EditWorker:
 
     def run_task(self, task, settings: Settings) -> dict[str, Any]:
         """One batch row -> its results.jsonl record (`batch.run_task`)."""
+        from pipelines import libraries
         from pipelines.batch import run_task
 
+        libraries.ensure_imported()
         with self._busy:
             return run_task(task, settings)
 
     def run_request(self, request: EditRequest, settings: Settings, job: int) -> EditResult:
         """One edit from the page; `cancel(job)` stops it at the next diffusion step."""
+        from pipelines import libraries
         from pipelines.editing import run_edit
 
+        libraries.ensure_imported()
         event = self._cancel.setdefault(job, threading.Event())
         try:
             with self._busy:

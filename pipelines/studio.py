@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipelines import downloads, editing, images, masking, prompting, sam_models
+from pipelines import downloads, editing, images, libraries, masking, prompting, sam_models
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, EditResult
 
@@ -48,10 +48,12 @@ class Studio:
     # --- models ------------------------------------------------------------------------------
     def predictor(self) -> tuple[masking.MaskPredictor | None, list[str]]:
         """The shared SAM predictor from `sam_models`' one cache (None with a notice: GrabCut)."""
+        libraries.ensure_imported()  # this runs in the upload's background thread: see libraries.py
         return sam_models.get_predictor(self.settings)
 
     def tokenizers(self):
         """SDXL's tokenizers, from the local copy (only they are fetched when nothing is cached)."""
+        libraries.ensure_imported()
         return prompting.sdxl_tokenizers(self.settings)
 
     def client(self):
@@ -126,6 +128,7 @@ class Studio:
 
         With `settings.ray_address` the edit runs on a worker of that Ray cluster (progress: one
         "remote" stage), else here."""
+        libraries.ensure_imported()  # the page and the API call this beside the upload's threads
         event = threading.Event()
         with self._lock:
             self._cancel[session] = event
@@ -167,6 +170,7 @@ class Studio:
     # --- status ------------------------------------------------------------------------------
     def status_lines(self) -> list[str]:
         """One line per component (SAM, Ollama, SDXL), each saying what to do when it is missing."""
+        libraries.ensure_imported()  # the page's first status line would import diffusers beside the upload's work
         from pipelines.sdxl_models import sdxl_status
 
         s = self.settings
