@@ -7,12 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-
-if TYPE_CHECKING:  # PIL is imported where a photo is made
-    from PIL import Image
 
 # Tests never reach a model hub; a loader that tries must fail fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +21,8 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
 from app_server import AppServer  # noqa: E402
-from fake_ollama import FakeOllama  # noqa: E402
+from cold import (  # noqa: E402,F401  (light helpers, re-exported for the tests)
+    LLAMA_PROMPT, LLAVA_MOOD, TINY_WORKING_PIXELS, half_mask, make_photo, make_tiny_settings, start_fake_ollama)
 from tiny_models import build_clip_tokenizer, register_tiny_sam, save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
 from pipelines.settings import Settings  # noqa: E402
@@ -34,7 +31,6 @@ register_tiny_sam()  # the test-only SAM variant "tiny", in the registry like vi
 # ... and in the processes the tests start that keep this PYTHONPATH (Ray workers): see tests/site.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS / "site"), os.environ.get("PYTHONPATH")]))
 
-TINY_WORKING_PIXELS = 128 * 128  # latents of 16x16: fast on a CPU
 
 
 @pytest.fixture(scope="session")
@@ -55,18 +51,6 @@ def tiny_sam_checkpoint(tmp_path_factory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("models") / "sam_tiny.pth")
 
 
-LLAVA_MOOD = "Stylish, modern, contemporary"  # what the fake llava answers
-LLAMA_PROMPT = "misty pine forest at dawn, soft light, award winning photograph"  # and the fake llama2
-
-
-def start_fake_ollama() -> FakeOllama:
-    """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
-    server = FakeOllama().start()
-    server.script("llava", text=LLAVA_MOOD)
-    server.script("llama2", text=LLAMA_PROMPT)
-    return server
-
-
 @pytest.fixture
 def fake_ollama():
     """A fake Ollama server on 127.0.0.1 with `llava` and `llama2` scripted to answer."""
@@ -75,50 +59,10 @@ def fake_ollama():
     server.stop()
 
 
-def make_tiny_settings(folder: Path, sdxl_dir: Path, sam_checkpoint: Path, ollama_url: str) -> Settings:
-    """Settings that point every stage at the tiny models, a fake Ollama and folders under `folder`."""
-    return Settings(
-        sdxl_model=str(sdxl_dir),
-        sam_checkpoint=sam_checkpoint,
-        sam_model_type="tiny",
-        sam_auto_download=False,
-        checkpoint_dir=folder / "checkpoints",
-        output_dir=folder / "outputs",
-        ollama_host=ollama_url,
-        ollama_timeout=10.0,
-        device="cpu",
-        working_pixels=TINY_WORKING_PIXELS,
-    )
-
-
 @pytest.fixture
 def tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama) -> Settings:
     """Settings that point every stage at the tiny models, the fake Ollama and temp folders."""
     return make_tiny_settings(tmp_path, tiny_sdxl_dir, tiny_sam_checkpoint, fake_ollama.url)
-
-
-def make_photo(width: int = 160, height: int = 120, seed: int = 0, color=(200, 60, 40)) -> "Image.Image":
-    """A synthetic photo: a textured background with a solid disk (the subject) in the middle."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width]
-    background = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 90)], -1)
-    background = np.clip(background + rng.integers(-25, 25, (height, width, 3)), 0, 255)
-    radius = min(width, height) // 4
-    disk = (xx - width // 2) ** 2 + (yy - height // 2) ** 2 <= radius**2
-    background[disk] = color
-    return Image.fromarray(background.astype(np.uint8), "RGB")
-
-
-def half_mask(photo):
-    """A float32 (H, W) mask of `photo`'s size that repaints the right half (1) and keeps the left (0)."""
-    import numpy as np
-
-    mask = np.zeros((photo.height, photo.width), np.float32)
-    mask[:, photo.width // 2:] = 1.0
-    return mask
 
 
 def app_env(s: Settings) -> dict:
