@@ -398,7 +398,6 @@ class Handlers:
 
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
         """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
-        from pipelines import libraries
         from pipelines.downloads import format_progress
         from pipelines.errors import Cancelled, GpuOutOfMemory
 
@@ -421,8 +420,6 @@ class Handlers:
                 return
             progress((i, n) if n else None, desc=f"{STAGES[stage]}: step {i}/{n}" if n else STAGES[stage])
 
-        if not libraries.is_ready():  # only right after start: the edit waits for them (libraries.py)
-            progress(None, desc="Loading the libraries (torch, diffusers)")
         try:
             result = self.studio.edit(request, session, on_progress)
         except Cancelled:
