@@ -88,8 +88,8 @@ def band_radius(size: tuple[int, int], grow: int = 0, feather: int = 0) -> int:
 
     SAM predicts masks at 256 x 256 and upsamples them, so its edge is uncertain by a fraction of a
     low-resolution pixel: we take the long side / 400 (10 pixels at 12 MP, 3 at 1 MP). This is the
-    guided filter's radius; growing or feathering the mask says the edge is less certain still, so
-    both widen the band (how far outside the cut the matte may reach).
+    guided filter's radius. Growing or feathering the mask says the edge is less certain still, so
+    both widen the band (the blur background leaves it out of what it reads).
 
     Args:
         size: the photo's (width, height).
@@ -153,9 +153,9 @@ def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int, filter_rad
         rgb = np.asarray(photo.convert("RGB"))[box].astype(np.float32) / 255.0
         band = unknown[box]
         refined = np.clip(guided_filter(rgb, alpha[box], filter_radius, GUIDED_EPS), 0.0, 1.0)
-        refined = colour_line_alpha(rgb, refined)
         refined[refined <= SNAP] = 0.0
         refined[refined >= 1.0 - SNAP] = 1.0
+        refined = colour_line_alpha(rgb, refined)
         crop = alpha[box]  # a view: writes land in alpha
         crop[band] = refined[band]
         soft = (crop > 0.0) & (crop < 1.0)
@@ -274,7 +274,8 @@ def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0
         subject: (H, W) bool, True = subject (before grow/shrink).
         edge: "matte", "feather" or "hard".
         grow: grow (>0) or shrink (<0) the subject by this many pixels first.
-        feather: the seam width (feather mode) or how much wider the band may be (matte mode).
+        feather: the seam width (feather mode; the matte's band follows the photo's size and grow,
+            and its feather is diffusion's ramp only, `diffusion_mask`).
         edit_subject: keep the old background and repaint the subject.
         cut: `masking.refine_mask(subject, grow=grow, edit_subject=edit_subject)` (no feather) when
             the caller has it already: saves a full-size distance transform. Made here when None.
@@ -289,7 +290,9 @@ def edge_layer(photo: Image.Image, subject: np.ndarray, edge: str, grow: int = 0
         cut = masking.refine_mask(subject, grow=grow, edit_subject=edit_subject)
     if edge != "matte":
         return KeptLayer(cut)  # "hard", or "feather" with no ramp: the cut itself
-    return estimate_matte(photo, cut == 0, band_radius(photo.size, grow, feather))
+    # The band reaches one pixel beyond the filter's radius: the filter's windows reach twice as far,
+    # but there (a hard edge over a noisy wall) they only leak a faint copy of the subject.
+    return estimate_matte(photo, cut == 0, band_radius(photo.size, grow) + 1)
 
 
 def diffusion_mask(layer: KeptLayer, feather: int = 0) -> np.ndarray:
