@@ -5,7 +5,8 @@ A real cut-out with soft alpha (Tux Paint's holm oak, tests/real/edge_pairs.py) 
 real photo (OpenCV's building.jpg) to the photo's size; its SAM-grade mask (the subject at a quarter
 of the resolution, enlarged back) is what every edge starts from. Timed per edge: the kept layer
 (`compositing.edge_layer`, the edit's default feather 4) and its composite over a plain colour,
-median wall and CPU seconds (on a busy shared box the CPU seconds are the figure to compare). Needs the real assets (python tests/real/assets.py).
+median wall and CPU seconds (on a busy shared box the CPU seconds are the figure to
+compare). Needs the real assets (python tests/real/assets.py).
 
     python bench/bench_matting.py [--sizes 1024x1024,4000x3000] [--repeats 3]
 """
@@ -72,11 +73,13 @@ def main() -> None:
             layer = compositing.edge_layer(photo, mask, edge, feather=4)
             compositing.composite(photo, background, layer)
 
-        times = {edge: timed(lambda edge=edge: edit(edge), args.repeats) for edge in reversed(settings.EDGE_MODES)}
+        times = {edge: timed(lambda edge=edge: edit(edge), args.repeats)
+                 for edge in reversed(settings.EDGE_MODES)}
         hard_wall, hard_cpu = times["hard"]
         for edge in settings.EDGE_MODES:
             wall, cpu = times[edge]
-            print(f"| {width}x{height} ({megapixels:.0f} MP) | {edge} | {wall:.2f} | {cpu:.2f} | {wall / hard_wall:.1f}x "
+            print(f"| {width}x{height} ({megapixels:.0f} MP) | {edge} | {wall:.2f} | {cpu:.2f} "
+                  f"| {wall / hard_wall:.1f}x "
                   f"| {cpu / max(hard_cpu, 1e-3):.1f}x | {(wall - hard_wall) / megapixels:.2f} / "
                   f"{(cpu - hard_cpu) / megapixels:.2f} |")
 

@@ -9,9 +9,11 @@ subject is repainted) and the region that gets a new background. Every edge give
   colour, and a binary mask (SAM predicts at 256 x 256) cuts them off at a blocky line. Here the binary
   cut is refined by the colour guided filter of He et al. 2010 ("Guided Image Filtering", sec. 3.5),
   guided by the photo: in each small window alpha is a linear function of the colour, fitted to the
-  cut, so the edge moves onto the photo's own colour edges and goes soft where the photo mixes. The
-  subject's own colours in the soft band are then estimated without the old background by blur
-  fusion (Forte & Pitie 2021, "Approximate Fast Foreground Colour Estimation", two box-blur passes),
+  cut, so the edge moves onto the photo's own colour edges and goes soft where the photo mixes.
+  Where the local sure subject and sure background differ in colour, alpha is re-read on the line
+  between them (`colour_line_alpha`): strands the cut calls solid, ramps wider than the filter's
+  windows. The subject's own colours in the soft band are then estimated without the old
+  background by blur fusion (Forte & Pitie 2021, "Approximate Fast Foreground Colour Estimation"),
   and the composite is the matting equation ``I = alpha * F + (1 - alpha) * B`` with the new
   background as B. Every step is a box filter: O(N), no solver, no JIT, the same bytes whatever the
   number of threads. Pixels the matte calls solid (alpha 1, everything more than `SOLID_DEPTH`
@@ -33,7 +35,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from pipelines import images, masking, settings
+from pipelines import masking, settings
 
 EDGE_MODES = settings.EDGE_MODES  # kept here too: the edge modes this module composites
 
@@ -45,11 +47,13 @@ GUIDED_EPS = 1e-4
 # reach 2 x its radius, and a subject's truly solid pixels must stay byte-exact (with no limit the
 # real set's error rose by 0.3 %: the filter only ever lost opacity there).
 SOLID_DEPTH = 3
-# The colour-line correction (`colour_line_alpha`): its box, and the squared colour distances (colours
-# in [0, 1]) at which it is trusted half: subject and background this far apart, the pixel this far
-# off their line. Measured on the real set and the synthetic fixtures (tests/test_compositing.py).
-LINE_BOX = 31
-LINE_SPREAD = 0.02
+# The colour-line correction (`colour_line_alpha`): its boxes, smallest first, and the squared colour
+# distances (colours in [0, 1]) at which it is trusted half: subject and background this far apart,
+# the pixel this far off their line. Measured on the real set and the synthetic fixtures
+# (tests/test_compositing.py): one box of 31 lost strands 25 pixels long, whose pixels see no sure
+# subject; spread 0.01 lost one real photo to the binary cut, 0.08 gave up a fifth of the strands' gain.
+LINE_BOXES = (31, 61, 121)
+LINE_SPREAD = 0.04
 LINE_OFF = 0.005
 # Blur fusion's two box sizes (Forte & Pitie's: a wide one for the local colours of subject and
 # background, a small one to correct with them).
@@ -123,8 +127,10 @@ def make_trimap(kept: np.ndarray, radius: int, inner: int | None = None) -> np.n
     return trimap
 
 
-def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int, filter_radius: int | None = None) -> KeptLayer:
-    """The binary cut refined into a matte: guided-filter alpha, blur-fusion colours, in the band only.
+def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int,
+                   filter_radius: int | None = None) -> KeptLayer:
+    """The binary cut refined into a matte: guided filter and colour-line alpha, blur-fusion colours,
+    in the band only.
 
     Args:
         photo: the full-size RGB photo.
@@ -140,22 +146,23 @@ def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int, filter_rad
     if kept.shape != (photo.height, photo.width):
         raise ValueError(f"kept mask shape {kept.shape} does not match the photo ({photo.height}, {photo.width})")
     filter_radius = filter_radius or band_radius(photo.size)
-    unknown = make_trimap(kept, radius, inner=min(SOLID_DEPTH, radius)) == 0.5
+    trimap = make_trimap(kept, radius, inner=min(SOLID_DEPTH, radius))
+    unknown = trimap == 0.5
     alpha = kept.astype(np.float32)
     foreground = np.zeros((photo.height, photo.width, 3), np.float32)  # touched only in the band
     if unknown.any():
         # One crop around the band, with the context its box filters read (the filter's windows
-        # reach 2 x its radius, blur fusion's half its wide box): the cost follows the subject's
-        # outline, and a crop's bytes depend on nothing but the photo and the cut.
-        pad = 2 * filter_radius + FUSION_BLURS[0] // 2 + 1
+        # reach 2 x its radius, the colour line and blur fusion half their widest box): the cost
+        # follows the subject's outline, and a crop's bytes depend on nothing but photo and cut.
+        pad = 2 * filter_radius + max(LINE_BOXES[-1], FUSION_BLURS[0]) // 2 + 1
         ys, xs = np.nonzero(unknown.any(axis=1))[0], np.nonzero(unknown.any(axis=0))[0]
         box = (slice(max(0, ys[0] - pad), ys[-1] + pad + 1), slice(max(0, xs[0] - pad), xs[-1] + pad + 1))
         rgb = np.asarray(photo.convert("RGB"))[box].astype(np.float32) / 255.0
         band = unknown[box]
         refined = np.clip(guided_filter(rgb, alpha[box], filter_radius, GUIDED_EPS), 0.0, 1.0)
+        refined = colour_line_alpha(rgb, refined, trimap[box])
         refined[refined <= SNAP] = 0.0
         refined[refined >= 1.0 - SNAP] = 1.0
-        refined = colour_line_alpha(rgb, refined)
         crop = alpha[box]  # a view: writes land in alpha
         crop[band] = refined[band]
         soft = (crop > 0.0) & (crop < 1.0)
@@ -207,36 +214,44 @@ def guided_filter(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> 
             + _box_mean(a2, radius) * guide[..., 2] + _box_mean(b, radius))
 
 
-def colour_line_alpha(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def colour_line_alpha(image: np.ndarray, alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
     """Alpha re-read from the photo where its colour lies between the local subject and background.
 
     The guided filter follows the cut's shape: a strand the cut calls subject stays opaque, and a
     wide soft ramp softens over its windows only. The matting equation says more: a pixel of colour
-    I between the local mean subject colour F and background colour B has alpha = (I - B).(F - B) /
-    |F - B|^2 (the colour-line model of Levin et al. 2008, with the means of blur fusion's first
-    pass). Trusted in proportion to how far apart F and B are and how close I lies to their line,
-    since on textured backgrounds a mean colour says little.
+    I between the local subject colour F and background colour B has alpha = (I - B).(F - B) /
+    |F - B|^2 (the colour-line model of Levin et al. 2008). F and B are the mean colours of the
+    sure subject and the sure background around the pixel, in the smallest of `LINE_BOXES` that
+    holds some of each. Trusted in proportion to how far apart F and B are and how close I lies to
+    their line, since on textured backgrounds a mean colour says little.
 
     Args:
         image: float32 (H, W, 3) in [0, 1], the photo.
         alpha: float32 (H, W) in [0, 1], the guided filter's alpha.
+        trimap: (H, W): 1 = sure subject, 0 = sure background, 0.5 = the band (`make_trimap`).
 
     Returns:
         float32 (H, W) in [0, 1]: the two blended by that confidence.
     """
     import cv2
 
-    size = (LINE_BOX, LINE_BOX)
-    a = alpha[..., None]
-    blurred_alpha = cv2.blur(alpha, size)
-    mean_f = cv2.blur(image * a, size) / (blurred_alpha[..., None] + 1e-5)
-    mean_b = cv2.blur(image * (1 - a), size) / ((1 - blurred_alpha[..., None]) + 1e-5)
+    means = []
+    for sure in (trimap == 1.0, trimap == 0.0):
+        weight = sure.astype(np.float32)
+        mean, found = np.zeros_like(image), np.zeros(weight.shape, bool)
+        for size in LINE_BOXES:
+            share = cv2.blur(weight, (size, size))
+            local = cv2.blur(image * weight[..., None], (size, size)) / (share[..., None] + 1e-5)
+            new = ~found & (share > 0.02)  # 2 % of the box is sure: enough pixels for a mean
+            mean[new] = local[new]
+            found |= new
+        means.append((mean, found))
+    (mean_f, found_f), (mean_b, found_b) = means
     line = mean_f - mean_b
     spread = (line * line).sum(axis=-1)
     along = np.clip(((image - mean_b) * line).sum(axis=-1) / (spread + 1e-6), 0.0, 1.0)
     off = image - (mean_b + along[..., None] * line)
-    both = (blurred_alpha > 0.02) & (blurred_alpha < 0.98)  # both sides seen in the window
-    trust = both * spread / (spread + LINE_SPREAD) * np.exp(-(off * off).sum(axis=-1) / LINE_OFF)
+    trust = (found_f & found_b) * spread / (spread + LINE_SPREAD) * np.exp(-(off * off).sum(axis=-1) / LINE_OFF)
     return (trust * along + (1 - trust) * alpha).astype(np.float32)
 
 

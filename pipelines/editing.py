@@ -25,7 +25,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
 from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, prompting,

@@ -43,7 +43,8 @@ def _score(pair: edge_pairs.Pair, edge: str) -> dict:
 def scores():
     pairs = edge_pairs.pairs()
     table = {edge: [_score(pair, edge) for pair in pairs] for edge in settings.EDGE_MODES}
-    print(f"\nedges on {len(pairs)} real soft-edged photos ({edge_pairs.SIZE} px, SAM-grade masks, feather {FEATHER})")
+    print(f"\nedges on {len(pairs)} real soft-edged photos ({edge_pairs.SIZE} px, SAM-grade masks, "
+          f"feather {FEATHER})")
     print("| edge | SAD (thousands) | cutout over white / black, edge band (0-255) | seconds | beats hard |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for edge, rows in table.items():
