@@ -231,28 +231,34 @@ def colour_line_alpha(image: np.ndarray, alpha: np.ndarray, trimap: np.ndarray) 
         trimap: (H, W): 1 = sure subject, 0 = sure background, 0.5 = the band (`make_trimap`).
 
     Returns:
-        float32 (H, W) in [0, 1]: the two blended by that confidence.
+        float32 (H, W) in [0, 1]: the two blended by that confidence in the band, `alpha` elsewhere.
     """
     import cv2
 
+    band = trimap == 0.5
+    pixels = image[band]
     means = []
     for sure in (trimap == 1.0, trimap == 0.0):
         weight = sure.astype(np.float32)
-        mean, found = np.zeros_like(image), np.zeros(weight.shape, bool)
+        weighted = image * weight[..., None]
+        mean, found = np.zeros_like(pixels), np.zeros(len(pixels), bool)
         for size in LINE_BOXES:
-            share = cv2.blur(weight, (size, size))
-            local = cv2.blur(image * weight[..., None], (size, size)) / (share[..., None] + 1e-5)
+            share = cv2.blur(weight, (size, size))[band]
             new = ~found & (share > 0.02)  # 2 % of the box is sure: enough pixels for a mean
-            mean[new] = local[new]
+            mean[new] = cv2.blur(weighted, (size, size))[band][new] / share[new, None]
             found |= new
+            if found.all():
+                break
         means.append((mean, found))
     (mean_f, found_f), (mean_b, found_b) = means
     line = mean_f - mean_b
     spread = (line * line).sum(axis=-1)
-    along = np.clip(((image - mean_b) * line).sum(axis=-1) / (spread + 1e-6), 0.0, 1.0)
-    off = image - (mean_b + along[..., None] * line)
+    along = np.clip(((pixels - mean_b) * line).sum(axis=-1) / (spread + 1e-6), 0.0, 1.0)
+    off = pixels - (mean_b + along[:, None] * line)
     trust = (found_f & found_b) * spread / (spread + LINE_SPREAD) * np.exp(-(off * off).sum(axis=-1) / LINE_OFF)
-    return (trust * along + (1 - trust) * alpha).astype(np.float32)
+    out = alpha.copy()
+    out[band] = trust * along + (1 - trust) * alpha[band]
+    return out
 
 
 def blur_fusion(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
