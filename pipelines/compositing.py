@@ -75,6 +75,9 @@ class KeptLayer:
         foreground: float32 (H, W, 3) in [0, 255], RGB, the kept layer's own colour with the old
             background taken out, where 0 < repaint < 1 (elsewhere 0); None where the edge keeps the
             photo's own colours (feather, hard).
+
+    Kept as repaint, not alpha: in float32 1 - (1 - m) is not always m, and the feather and hard
+    edges must give `images.composite`'s bytes from `masking.refine_mask`'s mask.
     """
 
     repaint: np.ndarray
