@@ -4,7 +4,7 @@ The tiny SDXL and SAM of the tests (built in code, saved to a temporary folder, 
 app's loaders), a synthetic photo per row with its prompt given (no Ollama), through
 `batch.run_batch` exactly as `python -m pipelines batch` runs it. Each Ray worker holds one CPU and
 one torch thread. Worker start-up (process, imports, models, and a first row on each worker, which
-loads pymatting's compiled kernels and warms torch as this process's warm-up run does) is timed
+warms torch as this process's warm-up run does) is timed
 apart from the rows: it is paid once per worker, not per row.
 
     python bench/bench_batch.py [--rows 8] [--steps 4] [--side 256] [--cpus 2] [--edge matte]

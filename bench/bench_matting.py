@@ -1,15 +1,14 @@
-"""The matte edge: how long matting and the composite take for a 1 MP and a 12 MP photo.
+"""The edges: how long each edge (matte, feather, hard) takes for a real leafy subject at 1 MP and
+12 MP, as a ratio to the hard cut in the same run.
 
-A synthetic photo (a fuzzy grey subject, its outline about as long as a person's in a portrait, over a
-magenta wall) is matted at the band width an edit uses (`band_radius` with the default feather 4),
-then composited onto a new background; the old binary-cut composite (`images.composite` with the
-feathered mask, today's `feather` edge) is timed for comparison. Wall and CPU seconds are printed:
-the wall time depends on how busy the machine is, the CPU time much less.
+A real cut-out with soft alpha (Tux Paint's holm oak, tests/real/edge_pairs.py) is scaled up over a
+real photo (OpenCV's building.jpg) to the photo's size; its SAM-grade mask (the subject at a quarter
+of the resolution, enlarged back) is what every edge starts from. Timed per edge: the kept layer
+(`compositing.edge_layer`, the edit's default feather 4) and its composite over a plain colour,
+median wall and CPU seconds (on a busy shared box the CPU seconds are the figure to
+compare). Needs the real assets (python tests/real/assets.py).
 
-    python bench/bench_matting.py [--sizes 1024x1024,4000x3000] [--repeats 2] [--workers 2]
-
-The first matte of a fresh install also compiles pymatting's numba kernels (cached on disk
-afterwards): a small warm-up matte runs first and is not timed. Target: under 3 s at 12 MP.
+    python bench/bench_matting.py [--sizes 1024x1024,4000x3000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,66 +25,63 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "real"))
 
-from pipelines import compositing, images, masking  # noqa: E402
+import edge_pairs  # noqa: E402
 
+from pipelines import compositing, settings  # noqa: E402
 
-def synthetic(width: int, height: int) -> tuple[Image.Image, np.ndarray]:
-    """A fuzzy grey blob (radius 35 % of the short side, wobbling) on magenta, and its binary mask."""
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    yy -= height / 2
-    xx -= width / 2
-    short = min(width, height)
-    radius = 0.35 * short * (1 + 0.08 * np.sin(7 * np.arctan2(yy, xx)))
-    fade = max(2.0, short / 150)  # the soft edge scales with the photo, like real hair
-    alpha = np.clip(0.5 - (np.hypot(yy, xx) - radius) / fade, 0, 1)[..., None]
-    photo = alpha * 128.0 + (1 - alpha) * np.array([255.0, 0.0, 255.0], np.float32)
-    return Image.fromarray(np.rint(photo).astype(np.uint8), "RGB"), alpha[..., 0] >= 0.5
+SUBJECT, PHOTO = "plants/trees/holm_oak.png", "building.jpg"
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """Median wall and CPU seconds of `fn()` over `repeats` runs, and its last result."""
-    walls, cpus, result = [], [], None
+def scene(width: int, height: int) -> tuple[Image.Image, np.ndarray]:
+    """The oak scaled to 80 % of the short side over the photo, and its SAM-grade mask."""
+    cut = edge_pairs.stamp(SUBJECT)
+    scale = 0.8 * min(width, height) / max(cut.size)
+    cut = cut.resize((round(cut.width * scale), round(cut.height * scale)), Image.Resampling.LANCZOS)
+    photo, alpha, _ = edge_pairs.paste(cut, edge_pairs.backdrop(PHOTO, (width, height)))
+    return photo, edge_pairs.sam_grade(alpha)
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of `fn()` over `repeats` runs."""
+    walls, cpus = [], []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
+        fn()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus), result
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1024x1024,4000x3000", help="WxH,WxH,...")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="threads solving band blocks")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    warm_photo, warm_subject = synthetic(160, 160)
-    compositing.estimate_matte(warm_photo, warm_subject, 4)  # numba compile / cache load
-
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, workers {args.workers}, "
-          f"repeats {args.repeats} (median)\n")
-    print("| photo | band radius | unknown px | step | wall s | CPU s |")
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, repeats {args.repeats} (median)\n")
+    print("| photo | edge | wall s | CPU s | x hard (wall) | x hard (CPU) | wall / CPU s per MP more than hard |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for size in args.sizes.split(","):
         width, height = (int(v) for v in size.split("x"))
-        photo, subject = synthetic(width, height)
+        photo, mask = scene(width, height)
         background = Image.new("RGB", photo.size, (40, 150, 60))
-        radius = compositing.band_radius(photo.size, feather=4)
-        unknown = int((compositing.make_trimap(subject, radius) == 0.5).sum())
-        label = f"{width}x{height} ({width * height / 1e6:.0f} MP)"
-        rows = []
-        wall, cpu, matte = timed(lambda: compositing.estimate_matte(photo, subject, radius, args.workers),
-                                 args.repeats)
-        rows.append(("matte: trimap, alpha, foreground", wall, cpu))
-        wall, cpu, _ = timed(lambda: compositing.composite(photo, background, matte), args.repeats)
-        rows.append(("matte: composite", wall, cpu))
-        mask = masking.refine_mask(subject, feather=4)
-        wall, cpu, _ = timed(lambda: images.composite(photo, background, mask), args.repeats)
-        rows.append(("old binary cut + feather: composite", wall, cpu))
-        for step, wall, cpu in rows:
-            print(f"| {label} | {radius} | {unknown} | {step} | {wall:.2f} | {cpu:.2f} |")
+        megapixels = width * height / 1e6
+
+        def edit(edge: str) -> None:
+            layer = compositing.edge_layer(photo, mask, edge, feather=4)
+            compositing.composite(photo, background, layer)
+
+        times = {edge: timed(lambda edge=edge: edit(edge), args.repeats)
+                 for edge in reversed(settings.EDGE_MODES)}
+        hard_wall, hard_cpu = times["hard"]
+        for edge in settings.EDGE_MODES:
+            wall, cpu = times[edge]
+            print(f"| {width}x{height} ({megapixels:.0f} MP) | {edge} | {wall:.2f} | {cpu:.2f} "
+                  f"| {wall / hard_wall:.1f}x "
+                  f"| {cpu / max(hard_cpu, 1e-3):.1f}x | {(wall - hard_wall) / megapixels:.2f} / "
+                  f"{(cpu - hard_cpu) / megapixels:.2f} |")
 
 
 if __name__ == "__main__":

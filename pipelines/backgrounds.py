@@ -157,7 +157,7 @@ def _blur_radius(value: str) -> float | None:
 
 # --- making a plain background ------------------------------------------------------------------
 
-def make_background(background: Background, photo: Image.Image, layer: compositing.Matte | np.ndarray,
+def make_background(background: Background, photo: Image.Image, layer: compositing.KeptLayer,
                     frame: canvas.Frame) -> Image.Image:
     """A plain background at the canvas's size (not "transparent" or "generate").
 
@@ -183,7 +183,7 @@ def make_background(background: Background, photo: Image.Image, layer: compositi
     raise ValueError(f"{background.kind} is not a plain background")
 
 
-def render(background: Background, photo: Image.Image, layer: compositing.Matte | np.ndarray,
+def render(background: Background, photo: Image.Image, layer: compositing.KeptLayer,
            frame: canvas.Frame) -> Image.Image:
     """The output for a plain background: the kept layer over it, or alone as RGBA ("transparent").
 
@@ -194,16 +194,16 @@ def render(background: Background, photo: Image.Image, layer: compositing.Matte 
         layer keeps the photo whole.
     """
     if background.kind == "transparent":
-        return compositing.cutout(photo, compositing.as_matte(photo, layer))
+        return compositing.cutout(photo, layer)
     return compositing.composite(photo, make_background(background, photo, layer, frame), layer)
 
 
-def blur_weight(layer: compositing.Matte | np.ndarray, frame: canvas.Frame) -> np.ndarray:
+def blur_weight(layer: compositing.KeptLayer, frame: canvas.Frame) -> np.ndarray:
     """Where the blur may read the photo: 1 on pure old background, 0 on the kept layer and its edge.
 
-    A matte's alpha-0 pixels are old background already (the band is solved). A hard or feather cut
-    is a binary guess whose neighbours may still hold the subject's anti-aliasing, so a band of
-    `compositing.band_radius` pixels is left out along it. On a larger canvas the weights are
+    The layer's edge is a guess from a binary mask (refined or not), whose neighbours may still hold
+    the subject's anti-aliasing or a strand it missed, so a band of `compositing.band_radius`
+    pixels is left out beyond every pixel that keeps anything. On a larger canvas the weights are
     reflected with the photo (`canvas.extend`): a subject mirrored into the new area stays out too.
 
     Returns:
@@ -211,11 +211,10 @@ def blur_weight(layer: compositing.Matte | np.ndarray, frame: canvas.Frame) -> n
     """
     import cv2
 
-    background = layer.alpha[frame.box] == 0.0 if isinstance(layer, compositing.Matte) else layer[frame.box] >= 1.0
-    if not isinstance(layer, compositing.Matte):
-        radius = compositing.band_radius((frame.photo_width, frame.photo_height))
-        distance = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
-        background = distance > radius
+    background = layer.repaint[frame.box] >= 1.0
+    radius = compositing.band_radius((frame.photo_width, frame.photo_height))
+    distance = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    background = distance > radius
     if not background.any():
         # Nothing of the old background is left to read (only the new area is painted): blur it all.
         background[:] = True

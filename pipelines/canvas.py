@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines.compositing import Matte
+from pipelines.compositing import KeptLayer
 from pipelines.settings import PLACES
 
 _SIZE = re.compile(r"^\s*([+-]?\d+)\s*[x×X]\s*([+-]?\d+)\s*$")
@@ -153,18 +153,17 @@ def extend_photo(photo: Image.Image, frame: Frame) -> Image.Image:
     return Image.fromarray(extend(np.asarray(photo.convert("RGB")), frame), "RGB")
 
 
-def place_layer(layer: Matte | np.ndarray, frame: Frame) -> Matte | np.ndarray:
+def place_layer(layer: KeptLayer, frame: Frame) -> KeptLayer:
     """A kept layer (`compositing.edge_layer`) computed on the photo, placed on the canvas.
 
-    Outside the photo nothing is kept: a matte's alpha (and foreground) is 0 there, a repaint mask 1.
+    Outside the photo nothing is kept: repaint is 1 there (and the foreground, if any, 0).
     """
     if not frame.extends:
         return layer
-    if isinstance(layer, Matte):
-        alpha = np.zeros((frame.height, frame.width), np.float32)
+    repaint = np.ones((frame.height, frame.width), np.float32)
+    repaint[frame.box] = layer.repaint
+    foreground = None
+    if layer.foreground is not None:
         foreground = np.zeros((frame.height, frame.width, 3), np.float32)
-        alpha[frame.box], foreground[frame.box] = layer.alpha, layer.foreground
-        return Matte(alpha=alpha, foreground=foreground)
-    mask = np.ones((frame.height, frame.width), np.float32)
-    mask[frame.box] = layer
-    return mask
+        foreground[frame.box] = layer.foreground
+    return KeptLayer(repaint=repaint, foreground=foreground)

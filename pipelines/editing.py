@@ -25,7 +25,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
 from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, prompting,
@@ -66,7 +65,7 @@ class Prepared:
     `compositing.diffusion_mask` gives what diffusion repaints) and (for `generate`) the final prompt."""
 
     photo: Image.Image  # the photo on its canvas (canvas.extend_photo); the photo itself without one
-    layer: compositing.Matte | np.ndarray  # how the kept layer meets it (compositing.edge_layer, placed)
+    layer: compositing.KeptLayer  # how the kept layer meets it (compositing.edge_layer, placed)
     mood: str
     prompt: prompting.PromptResult | None  # None for a plain background
     notices: list[str]
@@ -159,9 +158,9 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
 
 
 def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
-               outpaint: bool = False) -> tuple[compositing.Matte | np.ndarray, list[str]]:
-    """The edge layer the composite uses, on the photo (a matte, or the repaint mask for the feather
-    and hard edges) from a given mask, or SAM or GrabCut from the clicks; and notices.
+               outpaint: bool = False) -> tuple[compositing.KeptLayer, list[str]]:
+    """The kept layer the composite uses, on the photo (`compositing.edge_layer`), from a given
+    mask, or SAM or GrabCut from the clicks; and notices.
 
     `outpaint`: the canvas is larger than the photo, so a mask that repaints nothing of the photo
     still leaves the new area to paint.
@@ -190,7 +189,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         raise ValueError("the mask covers the whole photo: nothing of the subject would be kept")
     layer = compositing.edge_layer(request.image, subject, request.edge, grow=request.grow,
                                    feather=request.feather, edit_subject=request.edit_subject, cut=cut)
-    if isinstance(layer, compositing.Matte) and not (layer.alpha == 1.0).any():
+    if not (layer.repaint == 0.0).any():
         # Nothing solid left (specks, or a subject thinner than the band everywhere): keep it whole.
         notices.append("the subject is thinner than the matting band everywhere: used the feather edge")
         layer = compositing.edge_layer(request.image, subject, "feather", grow=request.grow,
@@ -314,7 +313,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     # 7. Score each delivered candidate (seam, light) and order them best first; each keeps its own
     # seed (a plain background gives one image, and nothing to compare it with)
     start = time.perf_counter()
-    weight = ready.layer.repaint if isinstance(ready.layer, compositing.Matte) else ready.layer
+    weight = ready.layer.repaint
     if plan.background.plain:
         scores, order = [], list(range(len(checked.images)))
     else:
