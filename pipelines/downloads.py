@@ -445,15 +445,19 @@ def sdxl_missing(settings: Settings) -> str | None:
 # The download command
 # ----------------------------------------------------------------------------------------------
 def add_download_arguments(parser) -> None:
-    parser.add_argument("what", nargs="?", choices=("sdxl", "sam", "all"), default="all",
+    parser.add_argument("what", nargs="?", choices=("sdxl", "sam", "subject", "all"), default="all",
                         help="which models to fetch (default: all)")
 
 
 def run_download(args, settings: Settings) -> int:
-    """`python -m pipelines download [sdxl|sam|all]`: fetch the models so later runs need no network."""
+    """`python -m pipelines download [sdxl|sam|subject|all]`: fetch the models so later runs need no network."""
     if args.what in ("sam", "all"):
         path = ensure_sam_checkpoint(settings, force=True)
         print(f"SAM: {path}")
+    if args.what in ("subject", "all"):
+        from .subject import ensure_subject_model
+
+        print(f"subject model: {ensure_subject_model(settings, force=True)}")
     if args.what in ("sdxl", "all"):
         print(f"SDXL: {sdxl_folder(settings)}")
     return 0

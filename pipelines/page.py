@@ -307,7 +307,7 @@ def candidate_choices(prediction: masking.MaskPrediction | None) -> list[tuple[s
     if prediction is None:
         return []
     if prediction.method != "sam":  # GrabCut gives one mask, not three ranked ones
-        return [("GrabCut", 0)]
+        return [("GrabCut" if prediction.method == "grabcut" else "Subject model", 0)]
     return [(f"{i + 1} (score {s:.2f})", i) for i, s in enumerate(prediction.scores)]
 
 
