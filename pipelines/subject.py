@@ -313,6 +313,7 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
     has_bg = (seeds == cv2.GC_BGD) | (seeds == cv2.GC_PR_BGD)
     if has_fg.any() and has_bg.any():
         bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's RNG: the same photo, the same mask
         cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), seeds, None, bgd_model, fgd_model, 4,
                     cv2.GC_INIT_WITH_MASK)
     subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
