@@ -109,3 +109,25 @@ def test_one_click_in_crowded_real_scenes(u2netp):
     # Measured (16 instances): GrabCut 0.235, ours 0.282; on the VOC people ours 0.66-0.94 where
     # GrabCut keeps almost nothing, on ARC's shelf both mostly fail.
     assert ours >= 0.27 and ours >= before
+
+
+def test_an_edit_without_clicks_keeps_what_the_subject_model_found(u2netp, photos, tmp_path):
+    """The way in end to end: `--subject auto` / `auto_subject` through run_edit, the model file
+    found in <checkpoint dir>/rembg/ (linked from the asset), a transparent background, hard edge."""
+    import os
+
+    from pipelines.editing import run_edit
+    from pipelines.settings import Settings
+    from pipelines.types import EditRequest
+
+    (tmp_path / "rembg").mkdir()
+    os.symlink(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", tmp_path / "rembg" / "u2netp.onnx")
+    settings = Settings(checkpoint_dir=tmp_path, output_dir=tmp_path / "out", subject_model="u2netp",
+                        subject_auto_download=False, sam_auto_download=False)
+    case = photos[0]
+    result = run_edit(EditRequest(image=case.photo, auto_subject=True, background="transparent", edge="hard"),
+                      settings)
+    alpha = np.asarray(result.images[0])[..., 3]
+    expected = subject.find_subject(case.photo, u2netp)
+    assert ((alpha == 255) == expected).all() and ((alpha == 0) == ~expected).all()
+    assert "automatic subject: found by u2netp" in result.notices
