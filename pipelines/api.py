@@ -116,7 +116,7 @@ def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int,
         record = {"scores": [0.0], "method": "subject", "candidate": 0, "notices": notices}
         return page.mask_png(repaint), record
     predictor, notices = studio.predictor()
-    model = studio.subject_model()[0] if predictor is None else None
+    model = studio.subject_model(download=False)[0] if predictor is None else None
     prediction = masking.predict_masks(image, clicks, predictor, subject_model=model)
     repaint = masking.refine_mask(prediction.masks[candidate], grow=grow)
     record = {"scores": [round(float(s), 4) for s in prediction.scores], "method": prediction.method,

@@ -188,7 +188,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         if predictor is None:
             predictor, notices = sam_models.get_predictor(settings)
         # Without SAM, a subject model (if one can be had) finds what was clicked.
-        model = subject_models.get_subject_model(settings)[0] if predictor is None else None
+        model = subject_models.get_subject_model(settings, download=False)[0] if predictor is None else None
         prediction = masking.predict_masks(request.image, request.points, predictor, subject_model=model)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]

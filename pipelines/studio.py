@@ -50,9 +50,10 @@ class Studio:
         """The shared SAM predictor from `sam_models`' one cache (None with a notice: GrabCut)."""
         return sam_models.get_predictor(self.settings)
 
-    def subject_model(self) -> tuple[subject.SubjectModel | None, list[str]]:
-        """The shared subject model (`subject.get_subject_model`; None with a notice naming the download)."""
-        return subject.get_subject_model(self.settings)
+    def subject_model(self, download: bool = True) -> tuple[subject.SubjectModel | None, list[str]]:
+        """The shared subject model (`subject.get_subject_model`; None with a notice naming the download).
+        `download=False`: only a model already on disk (a click does not wait for a download)."""
+        return subject.get_subject_model(self.settings, download=download)
 
     def find_subject(self, key: str):
         """The photo's subject without clicks: (H, W) bool. Raises ValueError without a model or subject."""
@@ -117,7 +118,7 @@ class Studio:
         """SAM's three masks for the clicks (GrabCut without SAM). Waits for the photo's embedding."""
         jobs = self._jobs(key)
         predictor, notices = jobs.embedding.result()  # re-raises an embedding failure here, once per click
-        model = self.subject_model()[0] if predictor is None else None  # the fallback's helper
+        model = self.subject_model(download=False)[0] if predictor is None else None  # the fallback's helper
         prediction = masking.predict_masks(jobs.image, points, predictor, mask_input=mask_input, subject_model=model)
         prediction.notices = notices + [n for n in prediction.notices if n not in notices]
         return prediction

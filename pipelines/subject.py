@@ -184,20 +184,23 @@ def load_subject_model(path: Path, name: str) -> SubjectModel:
     return SubjectModel(session, name)
 
 
-_LOADED: dict[tuple[str, str], tuple[SubjectModel | None, list[str], float]] = {}
+_LOADED: dict[tuple[str, str, bool], tuple[SubjectModel | None, list[str], float]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def get_subject_model(settings: Settings, on_progress: "ProgressFn | None" = None
+def get_subject_model(settings: Settings, on_progress: "ProgressFn | None" = None, download: bool = True
                       ) -> tuple[SubjectModel | None, list[str]]:
     """The shared subject model the settings name, with what the person should know.
 
-    Order: the named model's file; else its download (when allowed); else any other known model
-    already in the folder (a notice says which). None with a one-line notice naming the download
-    when there is none. A failure is remembered until a model file appears in the folder, so an
-    offline machine does not try the download again on every click.
+    Order: the named model's file; else its download (when allowed, and `download`); else any other
+    known model already in the folder (a notice says which). None with a one-line notice naming the
+    download when there is none. A failure is remembered until a model file appears in the folder,
+    so an offline machine does not try the download again on every click.
+
+    `download=False` is for the click fallback: a click must not wait minutes for a download the
+    person did not ask for; Find subject, `--subject auto` and batch rows download.
     """
-    key = (str(settings.subject_dir), settings.subject_model)
+    key = (str(settings.subject_dir), settings.subject_model, download)
     folder_state = _folder_state(settings.subject_dir)
     with _LOAD_LOCK:
         cached = _LOADED.get(key)
@@ -205,7 +208,10 @@ def get_subject_model(settings: Settings, on_progress: "ProgressFn | None" = Non
             return cached[0], list(cached[1])
         notices: list[str] = []
         try:
-            path = ensure_subject_model(settings, on_progress=on_progress)
+            if download:
+                path = ensure_subject_model(settings, on_progress=on_progress)
+            elif not (path := subject_model_path(settings)).is_file():
+                raise RuntimeError(f"{path} is not downloaded")
             model = load_subject_model(path, settings.subject_model)
         except RuntimeError as err:
             model = None

@@ -228,3 +228,58 @@ def test_find_subject_becomes_the_pages_prediction_that_the_brush_and_a_click_re
     painted = PageState.for_photo("k", photo).with_prediction((), found_prediction(found, []))
     painted = type(painted)(**{**painted.__dict__, "strokes": (Stroke(((150.0, 10.0),), 6.0, True),)})
     assert painted.subject(0)[10, 150] and not found[10, 150]
+
+
+def test_the_pages_find_subject_button_shows_the_found_subject_and_says_what_to_download_without_a_model():
+    import app
+    from pipelines.page import GenerateForm, PageState
+
+    photo, probability, disk, _ = _scene()
+    model = subject.SubjectModel(MapSession(probability), "map")
+
+    class Studio:
+        def __init__(self, model, notices):
+            self.model, self.notices = model, notices
+
+        def image(self, key):
+            return photo
+
+        def subject_model(self):
+            return self.model, self.notices
+
+        def find_subject(self, key):
+            if self.model is None:
+                raise ValueError(self.notices[0])
+            return subject.find_subject(photo, self.model)
+
+    handlers = app.Handlers(Settings(), Studio(model, []), publish=str)
+    state, shown, _candidates, notices = handlers.find_subject(PageState.for_photo("k", photo), 0)
+    assert state.prediction.method == "subject" and state.points == ()
+    assert _iou(state.subject(0), disk) > 0.97 and shown.size == photo.size
+    assert notices == "- subject found by map: click to refine it, or paint with the brush"
+    request = GenerateForm(prompt="a forest", background="transparent").to_request(state, photo)
+    assert (request.subject == state.subject(0)).all()
+
+    line = "no subject model: run `python -m pipelines download subject` (179 MB), or put ..."
+    handlers = app.Handlers(Settings(), Studio(None, [line]), publish=str)
+    with pytest.raises(app.gr.Error, match=r"no subject model: run `python -m pipelines download subject`"):
+        handlers.find_subject(PageState.for_photo("k", photo), 0)
+
+
+def test_the_click_fallback_never_downloads_but_uses_a_model_already_there(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the click fallback must not download")
+
+    monkeypatch.setattr("pipelines.downloads.download_checkpoint", no_network)
+    settings = _settings(tmp_path / "a", subject_auto_download=True)
+    model, notices = subject.get_subject_model(settings, download=False)
+    assert model is None and notices[0].startswith("no subject model: run `python -m pipelines download subject`")
+
+    loaded = []
+    monkeypatch.setattr(subject, "load_subject_model", lambda path, name: loaded.append((path, name)) or name)
+    (tmp_path / "b" / "rembg").mkdir(parents=True)
+    (tmp_path / "b" / "rembg" / "u2netp.onnx").write_bytes(b"x")
+    model, notices = subject.get_subject_model(_settings(tmp_path / "b"), download=False)
+    assert model == "u2netp" and loaded == [(tmp_path / "b" / "rembg" / "u2netp.onnx", "u2netp")]
+    assert notices == [f"subject model isnet-general-use is missing ({tmp_path}/b/rembg/isnet-general-use.onnx "
+                       "is not downloaded): using u2netp"]
