@@ -50,7 +50,7 @@ def main() -> None:
             runs.append(time.perf_counter() - start)
         return statistics.median(runs)
 
-    print(f"| size | model map (u2netp) | pick + GrabCut edge | one click (map cached) | old GrabCut click | "
+    print("| size | model map (u2netp) | pick + GrabCut edge | one click (map cached) | old GrabCut click | "
           f"find subject total / map |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, scale in sizes.items():
