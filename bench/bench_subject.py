@@ -51,7 +51,7 @@ def main() -> None:
         return statistics.median(runs)
 
     print("| size | model map (u2netp) | pick + GrabCut edge | one click (map cached) | old GrabCut click | "
-          f"find subject total / map |")
+          "find subject total / map |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, scale in sizes.items():
         size = (round(case.photo.width * scale), round(case.photo.height * scale))
