@@ -33,6 +33,7 @@ from PIL import Image
 import app_api
 from pipelines.errors import one_line
 from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
+                            found_prediction,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
@@ -64,6 +65,7 @@ class Page:
     click_label: gr.Radio
     undo: gr.Button
     clear: gr.Button
+    find_subject: gr.Button
     brush: gr.Radio
     brush_size: gr.Slider
     undo_stroke: gr.Button
@@ -154,6 +156,7 @@ def build_layout(settings: Settings) -> Page:
                     w["click_label"] = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")
                     w["undo"] = gr.Button("Undo last point", size="sm")
                     w["clear"] = gr.Button("Clear points", size="sm")
+                    w["find_subject"] = gr.Button("Find subject", size="sm", elem_id="find-subject")
                 with gr.Row():
                     # interactive=True: no event reads them (the brush script does), and Gradio
                     # renders an input that no event reads as read-only.
@@ -313,6 +316,21 @@ class Handlers:
             return gr.skip(), gr.skip(), gr.skip()
         state = state.with_prediction((), None)
         return state, self._preview(state, 0, grow), _candidates(state)
+
+    def find_subject(self, state: PageState, grow: int):
+        """-> state, photo, candidate, notices with the subject model's subject (no click), which
+        clicks and the brush then refine."""
+        if state.key is None:
+            raise gr.Error("upload a photo first")
+        try:
+            found = self.studio.find_subject(state.key)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+        model, notices = self.studio.subject_model()
+        notices = [*notices, f"subject found by {model.name}: click to refine it, or paint with the brush"]
+        state = state.with_prediction((), found_prediction(found, notices))
+        return (state, preview(state, self.studio.image(state.key).width, 0, grow), _candidates(state),
+                notices_markdown(notices))
 
     def refine(self, state: PageState, candidate: int | None, grow: int):
         """-> photo, after another candidate or grow / shrink was picked."""
@@ -488,6 +506,8 @@ def wire(page: Page, on: Handlers) -> None:
         p.undo.click(on.undo, [p.state, p.grow], [p.state, p.photo, p.candidate], concurrency_id="sam",
                      api_visibility=PAGE_ONLY)
         p.clear.click(on.clear, [p.state, p.grow], [p.state, p.photo, p.candidate], api_visibility=PAGE_ONLY)
+        p.find_subject.click(on.find_subject, [p.state, p.grow], [p.state, p.photo, p.candidate, p.notices],
+                             concurrency_id="sam", api_visibility=PAGE_ONLY)
         # `input`, not `change`: a click, undo or mask upload already returns the preview with its
         # candidate, and a second preview of the same pixels rewrites the same cached file while the
         # browser is still reading it.

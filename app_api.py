@@ -48,10 +48,10 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
              steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
              candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
              edit_subject: bool = False, background: str = "generate", background_picture: gr.FileData | None = None,
-             canvas: str = "", place: str = "center", fast: str = "",
+             canvas: str = "", place: str = "center", fast: str = "", subject: str = "",
              request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
         """Change a photo's background (or its subject) and keep the rest pixel-exact.
-        Say where the subject is with points on it, or with a mask.
+        Say where the subject is with points on it, with a mask, or with subject="auto".
 
         Args:
             photo: the photo (PNG, JPEG, WebP, ...).
@@ -77,6 +77,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             canvas: a larger frame, "WxH" or a ratio "16:9" (the smallest of that shape holding the photo); empty = the photo's own size.
             place: where the photo sits on the canvas: center, left, right, top or bottom.
             fast: a few-step preset, e.g. "lightning-4step"; empty = the standard steps.
+            subject: "auto" = no points or mask: the subject model finds the subject; empty = points or mask say where.
 
         Returns:
             the edited images as PNG files, best first
@@ -92,29 +93,32 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
                 strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
                 edit_subject=edit_subject, session=request.session_hash if request else "api",
                 background=background, background_picture=_file(background_picture), canvas=canvas, place=place,
-                fast=fast)
+                fast=fast, subject=subject)
         except Cancelled as exc:
             raise gr.Error("cancelled") from exc
         except API_FAILURES as exc:
             raise gr.Error(one_line(exc)) from exc
         return [_served(publish(str(path))) for path in result.paths], record
 
-    def mask(photo: gr.FileData, points: str, candidate: int = 0, grow: int = 0) -> tuple[gr.FileData, dict]:
+    def mask(photo: gr.FileData, points: str = "", candidate: int = 0, grow: int = 0,
+             subject: str = "") -> tuple[gr.FileData, dict]:
         """The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.
 
         Args:
             photo: the photo (PNG, JPEG, WebP, ...).
             points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
             candidate: which of SAM's three masks, 0 = the best-scoring.
+            subject: "auto" = no points: the subject model finds the subject; empty = the points say where.
             grow: grow (>0) or shrink (<0) the subject by this many pixels.
 
         Returns:
             the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)
-            scores (SAM's predicted quality of its three masks, best first), method (sam or grabcut),
+            scores (SAM's predicted quality of its three masks, best first), method (sam, subject or grabcut),
             candidate, notices
         """
         try:
-            image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow)
+            image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow,
+                                     subject=subject)
         except API_FAILURES as exc:
             raise gr.Error(one_line(exc)) from exc
         return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record

@@ -7,7 +7,7 @@
     python -m pipelines batch shoot/ --keyword "white studio" --out edited/
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
-    python -m pipelines download all     # SDXL and SAM now, so later runs need no network
+    python -m pipelines download all     # SDXL, SAM and the subject model now, so later runs need no network
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--point", type=_point, action="append", metavar="X,Y[,LABEL]",
                        help="a click in photo pixels; label 1 = subject (default), 0 = not subject")
     where.add_argument("--mask", type=Path, help="mask image: white = repaint, in the photo's displayed orientation")
+    where.add_argument("--subject", choices=("auto",),
+                       help="auto: no clicks, the subject model finds the subject (BACKDROP_SUBJECT_MODEL)")
     add_request_options(edit)
     edit.add_argument("--out", type=Path, help="output file (never overwritten)")
     edit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines.downloads import add_download_arguments
 
-    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM), to run offline later")
+    download = commands.add_parser("download", help="fetch the models now (SDXL, SAM, the subject model), to run offline later")
     add_download_arguments(download)
     add_arguments(download)
     return parser
@@ -171,7 +173,8 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     image = load_image(args.image, settings.max_image_pixels)
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = EditRequest(
-        image=image, points=args.point or [], mask=mask, mask_candidate=args.mask_candidate,
+        image=image, points=args.point or [], mask=mask, auto_subject=args.subject == "auto",
+        mask_candidate=args.mask_candidate,
         grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject,
         background=args.background, canvas=args.canvas, place=args.place, keyword=args.keyword,
         mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,

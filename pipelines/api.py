@@ -22,6 +22,7 @@ from pipelines import editing, images, masking, page
 from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
 from pipelines.studio import Studio
+from pipelines.subject import find_subject
 from pipelines.types import EditRequest, EditResult
 
 
@@ -29,7 +30,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
          negative_prompt: str, safety: str, erased: str, steps: int, guidance: float, strength: float,
          seed: int | None, candidates: int, edge: str, grow: int, feather: int, edit_subject: bool,
          session: str, background: str = "generate", background_picture: str | None = None,
-         canvas: str = "", place: str = "center", fast: str = "") -> tuple[EditResult, dict]:
+         canvas: str = "", place: str = "center", fast: str = "", subject: str = "") -> tuple[EditResult, dict]:
     """Run one edit as `python -m pipelines edit` would, on the page's shared models and GPU.
 
     Args:
@@ -46,6 +47,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         background_picture: path of an uploaded picture to use as the background (overrides `background`).
         canvas, place: a larger frame (WxH or W:H; "" = the photo's) and where the photo sits on it.
         fast: a few-step preset (`fast.FAST_PRESETS`); "" = standard.
+        subject: "auto" = the subject model finds the subject (no points, no mask); "" = points or mask.
 
     Returns:
         (the result, its record as `edit --json` prints it).
@@ -57,6 +59,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
     settings = studio.settings
     image = images.load_image(photo, settings.max_image_pixels)
     clicks = parse_points(points or "")
+    auto_subject = _auto_subject(subject)
     if mask is not None and clicks:
         raise ValueError("give points or a mask, not both")
     if background_picture is not None:
@@ -70,12 +73,20 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         mood=mood or None, prompt=prompt or None, negative_prompt=negative_prompt or None,
         safety=safety or settings.min_safety, erased=erased or None, num_inference_steps=steps,
         guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates,
-        background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None)
+        background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None,
+        auto_subject=auto_subject)
     result = studio.edit(request, session)
     return result, editing.result_record(result, request)
 
 
-def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int) -> tuple[Image.Image, dict]:
+def _auto_subject(subject: str) -> bool:
+    if (subject or "") not in ("", "auto"):
+        raise ValueError(f"subject must be 'auto' or empty, got {subject!r}")
+    return subject == "auto"
+
+
+def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int,
+         subject: str = "") -> tuple[Image.Image, dict]:
     """The mask the clicks make, as the PNG `/edit`'s `mask` (and `--mask`) reads back.
 
     Args:
@@ -84,17 +95,29 @@ def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int) 
         points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels.
         candidate: which of SAM's three masks, 0 = the best-scoring.
         grow: grow (>0) or shrink (<0) the subject by this many pixels.
+        subject: "auto" = no points: the subject model finds the subject; "" = the points.
 
     Returns:
         (mode "L" image at the photo's size, 255 = repaint (the background), 0 = kept (the subject);
         {"scores": SAM's predicted IoU of its three candidates, best first (0 for GrabCut),
-        "method": "sam" or "grabcut", "candidate": the one drawn, "notices": fallbacks}).
+        "method": "sam", "subject" or "grabcut", "candidate": the one drawn, "notices": fallbacks}).
     """
     image = images.load_image(photo, studio.settings.max_image_pixels)
     if not 0 <= candidate < editing.MASK_CANDIDATES:
         raise ValueError(f"mask candidate must be between 0 and {editing.MASK_CANDIDATES - 1}, got {candidate}")
+    clicks = parse_points(points or "")
+    if _auto_subject(subject):
+        if clicks:
+            raise ValueError("the automatic subject takes no points: give one or the other")
+        model, notices = studio.subject_model()
+        if model is None:
+            raise ValueError(f"the automatic subject needs a subject model; {notices[0]}")
+        repaint = masking.refine_mask(find_subject(image, model), grow=grow)
+        record = {"scores": [0.0], "method": "subject", "candidate": 0, "notices": notices}
+        return page.mask_png(repaint), record
     predictor, notices = studio.predictor()
-    prediction = masking.predict_masks(image, parse_points(points or ""), predictor)
+    model = studio.subject_model(download=False)[0] if predictor is None else None
+    prediction = masking.predict_masks(image, clicks, predictor, subject_model=model)
     repaint = masking.refine_mask(prediction.masks[candidate], grow=grow)
     record = {"scores": [round(float(s), 4) for s in prediction.scores], "method": prediction.method,
               "candidate": candidate, "notices": notices + [n for n in prediction.notices if n not in notices]}

@@ -10,11 +10,12 @@ Each row becomes an `EditRequest` and runs through `editing.run_edit`, which che
 checked twice here. Columns map to `EditRequest` fields generically (`request_columns`): any field
 holding a string, number or yes/no is a column under its own name, so a new field is a new column.
 
-A row with neither points nor mask gets an **automatic subject** (`auto_points`): one click on the
-centre of the photo and four "not subject" clicks near its corners, handed to SAM (or to GrabCut
-without SAM) like a person's clicks. It suits product and portrait photos with the subject in the
-middle; it fails when the centre is background (the background is kept and the subject repainted,
-or the edit is refused when the mask covers the whole photo): give such rows points or a mask.
+A row with neither points nor mask gets an **automatic subject**: the subject model finds it
+(`pipelines/subject.py`, `BACKDROP_SUBJECT_MODEL`). Without a subject model, `auto_points`: one
+click on the centre of the photo and four "not subject" clicks near its corners, handed to SAM (or
+to GrabCut without SAM) like a person's clicks; it fails when the centre is background (the
+background is kept and the subject repainted, or the edit is refused when the mask covers the
+whole photo): give such rows points or a mask.
 
 Resuming: `DIR/results.jsonl` gets one JSON record per row (row, photo, key, status `done` /
 `failed` / `skipped`, outputs, seeds, prompt, mood, notices, error, seconds). The key is a hash of
@@ -234,8 +235,14 @@ def build_request(task: Task, settings: Settings) -> tuple[EditRequest, list[str
     mask = load_mask(task.mask, image.size) if task.mask else None
     points, notices = task.points, []
     if not points and mask is None:
+        from pipelines.subject import get_subject_model
+
+        model, model_notices = get_subject_model(settings)
+        if model is not None:  # the subject model finds the subject (pipelines/subject.py)
+            return EditRequest(image=image, auto_subject=True, **task.fields), model_notices
         points = auto_points(*image.size)
-        notices.append("automatic subject: the centre of the photo (no points or mask in the row)")
+        notices.append(f"automatic subject: the centre of the photo (no points or mask in the row; "
+                       f"{model_notices[0]})")
     return EditRequest(image=image, points=points, mask=mask, **task.fields), notices
 
 

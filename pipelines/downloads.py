@@ -136,7 +136,10 @@ def ensure_sam_checkpoint(settings: Settings, on_progress: ProgressFn | None = N
     return path
 
 
-def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size: int | None = None,
+_HASH_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
+
+
+def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int | None = None,
                         on_progress: ProgressFn | None = None, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     """Download `url` to `dest` through `<dest>.part`, resuming a partial file, checking the result.
 
@@ -149,7 +152,8 @@ def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size:
     Args:
         url: the file's address.
         dest: where it ends up; its folder is created.
-        sha256_prefix: the first hex digits of the file's SHA-256.
+        checksum: the first hex digits of the file's SHA-256, or "md5:<hex>" (rembg's models are
+            published with their MD5).
         expected_size: its size in bytes, when known.
         on_progress: called as on_progress(bytes_done, bytes_total), bytes_total 0 when unknown.
         timeout: seconds to connect, and the longest any single read may stall.
@@ -169,7 +173,9 @@ def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size:
         part.unlink()
         offset = 0
 
-    digest = hashlib.sha256()
+    algorithm, _, expected = checksum.rpartition(":")
+    algorithm = algorithm or "sha256"
+    digest = hashlib.new(algorithm)
     if offset:  # the bytes already there count towards the hash
         with open(part, "rb") as handle:
             while chunk := handle.read(CHUNK):
@@ -178,11 +184,11 @@ def download_checkpoint(url: str, dest: Path, sha256_prefix: str, expected_size:
     if expected_size is None or offset < expected_size:
         total = _fetch(url, part, offset, digest, expected_size, on_progress, timeout, hint)
 
-    sha = digest.hexdigest()
-    if not sha.startswith(sha256_prefix):
+    got = digest.hexdigest()
+    if not got.startswith(expected):
         part.unlink(missing_ok=True)  # resuming would not mend it
-        raise RuntimeError(f"downloaded {dest.name} is damaged: its SHA-256 starts with "
-                           f"{sha[:len(sha256_prefix)]}, expected {sha256_prefix} ({hint})")
+        raise RuntimeError(f"downloaded {dest.name} is damaged: its {_HASH_NAMES.get(algorithm, algorithm)} starts with "
+                           f"{got[:len(expected)]}, expected {expected} ({hint})")
     if total is not None and part.stat().st_size != total:
         raise RuntimeError(f"download of {url} stopped at {part.stat().st_size} of {total} bytes ({hint})")
     os.replace(part, dest)
@@ -439,15 +445,19 @@ def sdxl_missing(settings: Settings) -> str | None:
 # The download command
 # ----------------------------------------------------------------------------------------------
 def add_download_arguments(parser) -> None:
-    parser.add_argument("what", nargs="?", choices=("sdxl", "sam", "all"), default="all",
+    parser.add_argument("what", nargs="?", choices=("sdxl", "sam", "subject", "all"), default="all",
                         help="which models to fetch (default: all)")
 
 
 def run_download(args, settings: Settings) -> int:
-    """`python -m pipelines download [sdxl|sam|all]`: fetch the models so later runs need no network."""
+    """`python -m pipelines download [sdxl|sam|subject|all]`: fetch the models so later runs need no network."""
     if args.what in ("sam", "all"):
         path = ensure_sam_checkpoint(settings, force=True)
         print(f"SAM: {path}")
+    if args.what in ("subject", "all"):
+        from .subject import ensure_subject_model
+
+        print(f"subject model: {ensure_subject_model(settings, force=True)}")
     if args.what in ("sdxl", "all"):
         print(f"SDXL: {sdxl_folder(settings)}")
     return 0

@@ -29,6 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, prompting,
                        ranking, sam_models)
+from pipelines import subject as subject_models
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
@@ -94,8 +95,10 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
     Returns:
         The `Plan`: the parsed background (a picture loaded) and the canvas frame.
     """
-    if not request.points and request.mask is None and request.subject is None:
+    if not request.points and request.mask is None and request.subject is None and not request.auto_subject:
         raise ValueError("give at least one point on the subject, or a mask")
+    if request.auto_subject and (request.points or request.mask is not None or request.subject is not None):
+        raise ValueError("the automatic subject takes no points and no mask: give one or the other")
     if not 1 <= request.num_inference_steps <= MAX_STEPS:
         raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {request.num_inference_steps}")
     if not 0.0 < request.strength <= 1.0:
@@ -150,7 +153,7 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         if request.subject.shape != (height, width):
             raise ValueError(f"the subject mask has shape {request.subject.shape} "
                              f"but the photo is {width}x{height}")
-    else:
+    elif not request.auto_subject:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
     frame = canvas.parse_canvas(request.canvas, request.image.size, request.place, settings.max_image_pixels)
@@ -174,10 +177,18 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
         subject = request.mask < 0.5
     elif request.subject is not None:
         subject = request.subject.astype(bool)
+    elif request.auto_subject:
+        model, notices = subject_models.get_subject_model(settings)
+        if model is None:
+            raise ValueError(f"the automatic subject needs a subject model; {notices[0]}")
+        subject = subject_models.find_subject(request.image, model)
+        notices.append(f"automatic subject: found by {model.name}")
     else:
         if predictor is None:
             predictor, notices = sam_models.get_predictor(settings)
-        prediction = masking.predict_masks(request.image, request.points, predictor)
+        # Without SAM, a subject model (if one can be had) finds what was clicked.
+        model = subject_models.get_subject_model(settings, download=False)[0] if predictor is None else None
+        prediction = masking.predict_masks(request.image, request.points, predictor, subject_model=model)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]
     # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a

@@ -36,9 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from segment_anything.modeling import Sam
 
-GRABCUT_NOTICE = (f"No SAM checkpoint: masks come from GrabCut (rougher edges; put {SAM_CHECKPOINT_NAMES['vit_h']} "
-                  "in the checkpoint folder, BACKDROP_CHECKPOINT_DIR, default checkpoints/, or allow "
-                  "BACKDROP_SAM_AUTO_DOWNLOAD for Segment Anything masks)")
+    from .subject import SubjectModel
+
+GRABCUT_NOTICE = (f"No SAM checkpoint: masks come from GrabCut (rough: run `python -m pipelines download subject` "
+                  "for a subject model that finds what was clicked, or put "
+                  f"{SAM_CHECKPOINT_NAMES['vit_h']} in the checkpoint folder, BACKDROP_CHECKPOINT_DIR, default "
+                  "checkpoints/, or allow BACKDROP_SAM_AUTO_DOWNLOAD for Segment Anything masks)")
+SUBJECT_FALLBACK_NOTICE = ("No SAM checkpoint: masks come from the subject model {model} and GrabCut (put "
+                           f"{SAM_CHECKPOINT_NAMES['vit_h']} in the checkpoint folder for Segment Anything masks)")
+TOO_SMALL = 0.0005  # a fallback mask under this share of the photo cannot be what was clicked
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +60,7 @@ class MaskPrediction:
             which has no quality estimate).
         low_res_logits: (3, h, w) float32 mask logits in SAM's low-resolution input frame (h = w =
             256 for the official models), same order as `masks`; feed one back as `mask_input`.
-        method: "sam" or "grabcut".
+        method: "sam", "subject" (the subject model's map and GrabCut) or "grabcut".
         notices: things the person should know (fallbacks).
     """
 
@@ -278,18 +284,25 @@ def check_points(image: Image.Image, points: list[ClickPoint]) -> None:
 
 
 def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskPredictor | None,
-                  mask_input: np.ndarray | None = None) -> MaskPrediction:
-    """Candidate subject masks for the clicks: SAM when a predictor is given, else GrabCut.
+                  mask_input: np.ndarray | None = None,
+                  subject_model: "SubjectModel | None" = None) -> MaskPrediction:
+    """Candidate subject masks for the clicks: SAM when a predictor is given, else the fallback.
+
+    The fallback: with a subject model (`subject.get_subject_model`), the clicked part of its
+    map, refined by GrabCut with the clicks as sure subject / background (`subject.subject_from_clicks`;
+    mean IoU 0.81 from one click on real single subjects with u2netp, against 0.33 for GrabCut alone);
+    with none, GrabCut from the clicks alone.
 
     Args:
         image: the RGB photo.
         points: clicks, each (X, Y) in photo pixels; label 1 = subject, 0 = not subject.
-        predictor: a `MaskPredictor`, or None to use the GrabCut fallback.
+        predictor: a `MaskPredictor`, or None to use the fallback.
         mask_input: float (1, h, w) logits of the previous click's chosen candidate (SAM only;
-            GrabCut ignores it).
+            the fallback ignores it).
+        subject_model: the subject model for the fallback, or None (GrabCut alone).
 
     Returns:
-        A `MaskPrediction`. With GrabCut, three identical candidates, scores 0, and a notice.
+        A `MaskPrediction`. Without SAM, three identical candidates, scores 0, and a notice.
 
     Raises:
         ValueError: no positive point, or a point outside the photo.
@@ -297,14 +310,25 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     check_points(image, points)
     if predictor is not None:
         return predictor.predict(image, points, mask_input=mask_input)
-    subject = grabcut_mask(image, points)
+    if subject_model is not None:
+        from .subject import subject_from_clicks
+
+        subject = subject_from_clicks(image, points, subject_model.probability(image))
+        method, notice = "subject", SUBJECT_FALLBACK_NOTICE.format(model=subject_model.name)
+    else:
+        subject = grabcut_mask(image, points)
+        method, notice = "grabcut", GRABCUT_NOTICE
+    notices = [notice]
+    if subject.sum() < TOO_SMALL * subject.size:
+        notices.append("the mask is far too small to be what was clicked: click the subject's middle, "
+                       "or add a click on each part")
     logits = _to_low_res_logits(subject)
     return MaskPrediction(
         masks=np.repeat(subject[None], 3, axis=0),
         scores=np.zeros(3, dtype=np.float32),
         low_res_logits=np.repeat(logits[None], 3, axis=0),
-        method="grabcut",
-        notices=[GRABCUT_NOTICE],
+        method=method,
+        notices=notices,
     )
 
 

@@ -302,12 +302,27 @@ def guidance_limits(position: int, guidance: float) -> tuple[float, float]:
     return MIN_GUIDANCE_WITH_SLD, max(float(guidance), MIN_GUIDANCE_WITH_SLD)
 
 
+def found_prediction(subject: np.ndarray, notices: list[str]) -> masking.MaskPrediction:
+    """"Find subject"'s mask as the session's prediction: the brush paints on it, and the next
+    click hands it to SAM as the previous mask (`next_mask_input`), so clicks refine it.
+
+    Args:
+        subject: (H, W) bool from `subject.find_subject`, True = subject.
+        notices: what the person should know (the model used, a fallback).
+    """
+    subject = np.asarray(subject, dtype=bool)
+    logits = masking._to_low_res_logits(subject)
+    return masking.MaskPrediction(masks=np.repeat(subject[None], 3, axis=0), scores=np.zeros(3, np.float32),
+                                  low_res_logits=np.repeat(logits[None], 3, axis=0), method="subject",
+                                  notices=list(notices))
+
+
 def candidate_choices(prediction: masking.MaskPrediction | None) -> list[tuple[str, int]]:
     """(label, index) for each mask the person can pick: SAM's three with scores, or GrabCut's one."""
     if prediction is None:
         return []
     if prediction.method != "sam":  # GrabCut gives one mask, not three ranked ones
-        return [("GrabCut", 0)]
+        return [("GrabCut" if prediction.method == "grabcut" else "Subject model", 0)]
     return [(f"{i + 1} (score {s:.2f})", i) for i, s in enumerate(prediction.scores)]
 
 

@@ -35,6 +35,9 @@ SAM_CHECKPOINT_NAMES = {
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_b": "sam_vit_b_01ec64.pth",
 }
+# rembg's sessions the subject model may be (pipelines/subject.py knows each one's file and checksum)
+SUBJECT_MODELS = ("isnet-general-use", "u2net", "u2netp", "silueta", "birefnet-general-lite", "birefnet-general",
+                  "birefnet-portrait")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SCHEDULERS = ("euler", "dpmpp_2m")
@@ -69,6 +72,13 @@ class Settings:
     sam_cache_size: int = _setting(
         4, "BACKDROP_SAM_CACHE_SIZE", "--sam-cache-size",
         "how many photos' SAM image embeddings are kept")
+    subject_model: str = _setting(
+        "isnet-general-use", "BACKDROP_SUBJECT_MODEL", "--subject-model",
+        "the model that finds the subject without clicks, and helps one click without SAM (a rembg session)",
+        SUBJECT_MODELS)
+    subject_auto_download: bool = _setting(
+        True, "BACKDROP_SUBJECT_AUTO_DOWNLOAD", "--subject-auto-download",
+        "download a missing subject model (else use one already in <checkpoint dir>/rembg/, or none)")
     # --- Ollama -------------------------------------------------------------------------------
     ollama_host: str = _setting(
         "http://127.0.0.1:11434", "OLLAMA_HOST", "--ollama-host",
@@ -126,7 +136,7 @@ class Settings:
     # --- files --------------------------------------------------------------------------------
     checkpoint_dir: Path = _setting(
         ROOT / "checkpoints", "BACKDROP_CHECKPOINT_DIR", "--checkpoint-dir",
-        "SAM checkpoints and erased encoders (erased/<name>/)")
+        "SAM checkpoints, subject models (rembg/) and erased encoders (erased/<name>/)")
     output_dir: Path = _setting(
         ROOT / "outputs", "BACKDROP_OUTPUT_DIR", "--output-dir", "where edited photos are saved")
     # --- the page -----------------------------------------------------------------------------
@@ -181,6 +191,11 @@ class Settings:
     @property
     def erased_dir(self) -> Path:
         return self.checkpoint_dir / "erased"
+
+    @property
+    def subject_dir(self) -> Path:
+        """Where the subject models (rembg's .onnx files) live; rembg reads them from here (U2NET_HOME)."""
+        return self.checkpoint_dir / "rembg"
 
     @property
     def lora_dir(self) -> Path:

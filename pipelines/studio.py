@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipelines import downloads, editing, images, libraries, masking, prompting, sam_models
+from pipelines import downloads, editing, images, libraries, masking, prompting, sam_models, subject
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, EditResult
 
@@ -50,6 +50,19 @@ class Studio:
         """The shared SAM predictor from `sam_models`' one cache (None with a notice: GrabCut)."""
         libraries.ensure_imported()  # this runs in the upload's background thread: see libraries.py
         return sam_models.get_predictor(self.settings)
+
+    def subject_model(self, download: bool = True) -> tuple[subject.SubjectModel | None, list[str]]:
+        """The shared subject model (`subject.get_subject_model`; None with a notice naming the download).
+        `download=False`: only a model already on disk (a click does not wait for a download)."""
+        libraries.ensure_imported()  # rembg (onnxruntime, pymatting) is imported beside the page's other threads
+        return subject.get_subject_model(self.settings, download=download)
+
+    def find_subject(self, key: str):
+        """The photo's subject without clicks: (H, W) bool. Raises ValueError without a model or subject."""
+        model, notices = self.subject_model()
+        if model is None:
+            raise ValueError(notices[0])
+        return subject.find_subject(self._jobs(key).image, model)
 
     def tokenizers(self):
         """SDXL's tokenizers, from the local copy (only they are fetched when nothing is cached)."""
@@ -108,7 +121,8 @@ class Studio:
         """SAM's three masks for the clicks (GrabCut without SAM). Waits for the photo's embedding."""
         jobs = self._jobs(key)
         predictor, notices = jobs.embedding.result()  # re-raises an embedding failure here, once per click
-        prediction = masking.predict_masks(jobs.image, points, predictor, mask_input=mask_input)
+        model = self.subject_model(download=False)[0] if predictor is None else None  # the fallback's helper
+        prediction = masking.predict_masks(jobs.image, points, predictor, mask_input=mask_input, subject_model=model)
         prediction.notices = notices + [n for n in prediction.notices if n not in notices]
         return prediction
 

