@@ -164,7 +164,8 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.editing import result_record, run_edit
+    from pipelines.editing import run_edit
+    from pipelines.outputs import result_record
     from pipelines.images import load_image, load_mask
     from pipelines.types import EditRequest
 

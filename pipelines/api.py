@@ -5,7 +5,7 @@ live the typed signatures with their defaults and the docstrings a program or an
 uploaded files arrive as paths in Gradio's cache. Here those values, named like the options of
 `python -m pipelines edit`, become the same typed calls the page makes on its `Studio`:
 
-    edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `editing.result_record`
+    edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `outputs.result_record`
     mask(studio, photo, ...)    -> (mask image, record)   white = repaint, as `--mask` reads it
     prompt(studio, ...)         -> record                 the SDXL prompt and its token count
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipelines import editing, images, masking, page
+from pipelines import editing, images, masking, outputs, page
 from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
 from pipelines.studio import Studio
@@ -72,7 +72,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates,
         background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None)
     result = studio.edit(request, session)
-    return result, editing.result_record(result, request)
+    return result, outputs.result_record(result, request)
 
 
 def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int) -> tuple[Image.Image, dict]:

@@ -13,7 +13,8 @@ from conftest import make_photo, run_cli
 from PIL import Image
 
 from pipelines import checking
-from pipelines.editing import read_parameters, run_edit
+from pipelines.editing import run_edit
+from pipelines.outputs import read_parameters
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
 

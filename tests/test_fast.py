@@ -149,7 +149,8 @@ class _Recorder:
 
 
 def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
-    from pipelines.editing import read_parameters, run_edit, validate_request
+    from pipelines.editing import run_edit, validate_request
+    from pipelines.outputs import read_parameters
     from pipelines.types import EditRequest
 
     preset = FAST_PRESETS["lightning-4step"]
