@@ -328,4 +328,4 @@ def _run(tasks: list[Task], settings: Settings, workers: int | None, address: st
         return (run_task(task, settings) for task in tasks)
     from pipelines import cluster
 
-    return cluster.run_tasks(tasks, settings, workers=workers, address=address)
+    return cluster.run_tasks(tasks, settings, run_task, workers=workers, address=address)

@@ -11,7 +11,8 @@ import torch
 from tiny_lora import tiny_unet_output
 
 from pipelines import acceleration, blending, sdxl_models
-from pipelines.acceleration import SpeedOptions, attention_processors, plan_speed, warm_up
+from pipelines.acceleration import SpeedOptions, attention_processors, plan_speed
+from pipelines.blending import warm_up
 from pipelines.blending import blend
 from pipelines.sdxl_models import load_sdxl, load_sdxl_from_settings
 from pipelines.settings import Settings
