@@ -539,8 +539,9 @@ def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     return page.demo
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Backdrop: change a photo's background in the browser.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`python app.py`, and `backdrop page` (`prog` names it in the help)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Backdrop: change a photo's background in the browser.")
     parser.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--share", action="store_true", help="also make a public Gradio link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login (the page and the API)")
