@@ -4,7 +4,7 @@
     python app.py --listen --port 8080 --auth me:secret
 
 Read it in three parts, each alone: `build_layout` places the widgets and returns them as a `Page`;
-`Handlers` turns widget values into calls on `pipelines.studio.Studio` (background work per photo)
+`Handlers` turns widget values into calls on `pipelines.workbench.Workbench` (background work per photo)
 and `pipelines.page` (typed session state, the Generate form, previews), and results back into
 widget values; `wire` connects events to handlers. Only this file and `app_api.py` know about
 Gradio, and only they turn errors into one-line `gr.Error`s. Models never live in session state: the state
@@ -528,10 +528,10 @@ def wire(page: Page, on: Handlers) -> None:
 
 
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
-    """Build the page and the API. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
-    from pipelines.studio import Studio
+    """Build the page and the API. `studio` defaults to a `Workbench` over `settings` (tests may pass their own)."""
+    from pipelines.workbench import Workbench
 
-    studio = studio or Studio(settings)
+    studio = studio or Workbench(settings)
     page = build_layout(settings)
     publish = page.files.move_resource_to_block_cache
     wire(page, Handlers(settings, studio, publish=publish))

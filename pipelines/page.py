@@ -105,7 +105,7 @@ class PageState:
     """One browser session's photo and clicks (Gradio keeps a deep copy per session).
 
     Attributes:
-        key: the photo's key in `Studio` (content hash), None before an upload.
+        key: the photo's key in `Workbench` (content hash), None before an upload.
         points: the clicks so far, in photo pixels.
         prediction: SAM's (or GrabCut's) masks for those clicks, None before the first positive one.
         display: the photo scaled to at most DISPLAY_SIDE, as shown on the page.
