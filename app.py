@@ -551,12 +551,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        from pipelines import checking
+        from pipelines import output_check
 
         settings = Settings.from_env(overrides=vars(args))
         # Said now, not at the first Generate: a deployment that needs nudenet and lacks it.
-        if checking.checker_mode(settings) == "unavailable":
-            print(f"note: outputs are not checked for nudity: {checking.INSTALL_HINT}", file=sys.stderr)
+        if output_check.checker_mode(settings) == "unavailable":
+            print(f"note: outputs are not checked for nudity: {output_check.INSTALL_HINT}", file=sys.stderr)
         auth = None
         if args.auth:
             user, sep, password = args.auth.partition(":")

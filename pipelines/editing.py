@@ -5,7 +5,7 @@ numbered steps of one edit:
 
     photo ─► masking (SAM clicks or a given mask, refined) ─► canvas (the photo on a larger frame)
           ─► prompting (LLaVA mood, Llama 2 prompt) ─► blending (SDXL + SLD + erased encoders, working size)
-          ─► compositing (edge mode, full size) ─► checking (post-hoc) ─► ranking (best first) ─► outputs (PNGs)
+          ─► compositing (edge mode, full size) ─► output_check (post-hoc) ─► ranking (best first) ─► outputs (PNGs)
 
 A plain background (transparent, a colour, a picture, the photo blurred: `backgrounds`) takes a
 short cut after the canvas: no prompt, no model, one image through the same composite.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, outputs,
+from pipelines import (backgrounds, canvas, compositing, downloads, gpu_room, images, masking, output_check, outputs,
                        prompting, ranking, sam_models)
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
@@ -53,7 +53,7 @@ class ParsedOptions:
 
     background: backgrounds.Background
     frame: canvas.Frame
-    checker: str  # checking.checker_mode(settings)
+    checker: str  # output_check.checker_mode(settings)
     fast: FastPreset | None  # the request's Fast preset, None without one
 
 
@@ -124,7 +124,7 @@ def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
         # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
         raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
                          f"got {request.guidance_scale:g}")
-    checker = checking.checker_mode(settings)  # a required check without nudenet is refused before any work
+    checker = output_check.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     fast = None
@@ -210,7 +210,7 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
 def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
              should_cancel: Callable[[], bool] | None = None,
              predictor: "masking.MaskPredictor | None" = None, save: bool = True,
-             out: Path | None = None, detector: "checking.Detector | None" = None) -> EditResult:
+             out: Path | None = None, detector: "output_check.Detector | None" = None) -> EditResult:
     """Run one edit.
 
     Args:
@@ -222,7 +222,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
             None loads the one from settings.
         save: write the PNGs (to `out`, or the output folder).
         out: a file path for the first image; further candidates get -2, -3, ... suffixes.
-        detector: the nudity detector of the safety check (`checking.Detector`); None: nudenet's.
+        detector: the nudity detector of the safety check (`output_check.Detector`); None: nudenet's.
 
     Returns:
         The `EditResult`: full-size images with their seeds and scores (best score first), the final
@@ -275,7 +275,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
     # 5. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
     # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
     start = time.perf_counter()
-    checked = checking.check_outputs(candidates.images, candidates.seeds, options.checker, detector)
+    checked = output_check.check_outputs(candidates.images, candidates.seeds, options.checker, detector)
     notices += checked.notices
     timings["check"] = time.perf_counter() - start
     record = SafetyRecord(

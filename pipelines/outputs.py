@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from pipelines.checking import describe_check
+from pipelines.output_check import describe_check
 from pipelines.types import EditRequest, EditResult
 
 SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",

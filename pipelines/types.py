@@ -68,10 +68,10 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class SafetyCheck:
-    """The post-hoc check of one output (`checking.check_image`)."""
+    """The post-hoc check of one output (`output_check.check_image`)."""
 
     seed: int  # the output's seed
-    flagged: bool  # the detector found at least one exposed class (`checking.FLAGGED_LABELS`)
+    flagged: bool  # the detector found at least one exposed class (`output_check.FLAGGED_LABELS`)
     labels: tuple[str, ...] = ()  # the flagged nudenet classes, sorted, each once
     action: str = "none"  # what was done: "none", "noted", "blurred" or "withheld"
 
