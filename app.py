@@ -134,7 +134,7 @@ def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
     from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
-    from pipelines.fast import FAST_PRESETS
+    from pipelines.few_step import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import one_line
-from pipelines.fast import FAST_PRESETS
+from pipelines.few_step import FAST_PRESETS
 from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 

@@ -45,7 +45,7 @@ def edit(studio: Workbench, photo: str, *, points: str, mask: str | None, keywor
         background: generate, transparent, a colour (CSS name or #rrggbb), blur or blur:RADIUS.
         background_picture: path of an uploaded picture to use as the background (overrides `background`).
         canvas, place: a larger frame (WxH or W:H; "" = the photo's) and where the photo sits on it.
-        fast: a few-step preset (`fast.FAST_PRESETS`); "" = standard.
+        fast: a few-step preset (`few_step.FAST_PRESETS`); "" = standard.
 
     Returns:
         (the result, its record as `edit --json` prints it).

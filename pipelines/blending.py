@@ -48,7 +48,7 @@ from pipelines.settings import SCHEDULERS  # ("euler", "dpmpp_2m")
 
 logger = logging.getLogger(__name__)
 
-# The samplers the few-step LoRAs need (pipelines/fast.py); they are chosen through a Fast preset.
+# The samplers the few-step LoRAs need (pipelines/few_step.py); they are chosen through a Fast preset.
 FEW_STEP_SAMPLERS = ("euler_trailing", "ddim_trailing", "lcm")
 
 PREVIEW_EVERY = 5  # on_step gets a latent preview every this many steps (and after the last one)

@@ -34,7 +34,7 @@ from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
 
 if TYPE_CHECKING:
-    from pipelines.fast import FastPreset
+    from pipelines.few_step import FastPreset
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
 # or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
@@ -129,7 +129,7 @@ def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     fast = None
     if request.fast is not None:
-        from pipelines.fast import get_fast_preset
+        from pipelines.few_step import get_fast_preset
 
         fast = get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
@@ -379,7 +379,7 @@ def paint_generated(request: EditRequest, settings: Settings, subject: SubjectOn
     at the working size, and each image is composited onto the photo at the canvas's full size."""
     from pipelines import blending, safety, sdxl_models
     from pipelines.erasure import with_erased_encoders
-    from pipelines.fast import use_fast
+    from pipelines.few_step import use_fast
 
     notices: list[str] = []
     timings: dict[str, float] = {}

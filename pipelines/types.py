@@ -63,7 +63,7 @@ class EditRequest:
     seed: int | None = None  # None: a random seed, reported in the result
     num_candidates: int = 1  # images per request, seeds seed, seed+1, ...
     scheduler: str = "euler"  # euler or dpmpp_2m
-    fast: str | None = None  # a few-step LoRA preset (fast.FAST_PRESETS); sets steps, guidance and sampler
+    fast: str | None = None  # a few-step LoRA preset (few_step.FAST_PRESETS); sets steps, guidance and sampler
 
 
 @dataclass(frozen=True)

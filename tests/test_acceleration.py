@@ -104,7 +104,7 @@ def test_compile_warm_up_is_paid_once_and_changes_no_number(tiny_sdxl_dir, photo
     from tiny_lora import save_random_lora
     from torch._dynamo.utils import counters
 
-    from pipelines.fast import FastPreset, use_fast
+    from pipelines.few_step import FastPreset, use_fast
 
     monkeypatch.setattr(acceleration, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
