@@ -4,7 +4,7 @@
     python app.py --listen --port 8080 --auth me:secret
 
 Read it in three parts, each alone: `build_layout` places the widgets and returns them as a `Page`;
-`Handlers` turns widget values into calls on `pipelines.studio.Studio` (background work per photo)
+`Handlers` turns widget values into calls on `pipelines.workbench.Workbench` (background work per photo)
 and `pipelines.page` (typed session state, the Generate form, previews), and results back into
 widget values; `wire` connects events to handlers. Only this file and `app_api.py` know about
 Gradio, and only they turn errors into one-line `gr.Error`s. Models never live in session state: the state
@@ -136,7 +136,7 @@ def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
     from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
-    from pipelines.fast import FAST_PRESETS
+    from pipelines.few_step import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
@@ -548,10 +548,10 @@ def wire(page: Page, on: Handlers) -> None:
 
 
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
-    """Build the page and the API. `studio` defaults to a `Studio` over `settings` (tests may pass their own)."""
-    from pipelines.studio import Studio
+    """Build the page and the API. `studio` defaults to a `Workbench` over `settings` (tests may pass their own)."""
+    from pipelines.workbench import Workbench
 
-    studio = studio or Studio(settings)
+    studio = studio or Workbench(settings)
     page = build_layout(settings)
     publish = page.files.move_resource_to_block_cache
     wire(page, Handlers(settings, studio, publish=publish))
@@ -559,8 +559,9 @@ def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     return page.demo
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Backdrop: change a photo's background in the browser.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`python app.py`, and `backdrop page` (`prog` names it in the help)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Backdrop: change a photo's background in the browser.")
     parser.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--share", action="store_true", help="also make a public Gradio link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login (the page and the API)")
@@ -570,12 +571,12 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        from pipelines import checking
+        from pipelines import output_check
 
         settings = Settings.from_env(overrides=vars(args))
         # Said now, not at the first Generate: a deployment that needs nudenet and lacks it.
-        if checking.checker_mode(settings) == "unavailable":
-            print(f"note: outputs are not checked for nudity: {checking.INSTALL_HINT}", file=sys.stderr)
+        if output_check.checker_mode(settings) == "unavailable":
+            print(f"note: outputs are not checked for nudity: {output_check.INSTALL_HINT}", file=sys.stderr)
         auth = None
         if args.auth:
             user, sep, password = args.auth.partition(":")

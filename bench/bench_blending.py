@@ -18,7 +18,7 @@ Rows, in one run and one table: (1) interleaved round by round: ours (SLD off an
 inpaint (and text-to-image on the GPU), and 4 candidates against diffusers with 4 images; (2) then,
 cumulatively on the same models, each speed option of `pipelines/acceleration.py`: classic attention,
 SDPA, channels-last, fused QKV, the VAE in bfloat16, torch.compile (its warm-up is printed below the
-table), and a Fast preset (a random LoRA fused into the UNet through `fast.use_fast`, run as
+table), and a Fast preset (a random LoRA fused into the UNet through `few_step.use_fast`, run as
 SDXL-Lightning runs: 4 trailing-Euler steps at guidance 1); (3) on the GPU, CPU offload with 1 and 4
 candidates. "x ref" divides by diffusers' inpaint pipeline with as many images as the row has
 candidates. Peak memory: `torch.cuda.max_memory_allocated` on the GPU; on the CPU the process's peak
@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 from pipelines.blending import blend, make_scheduler  # noqa: E402
 from pipelines.sdxl_models import SDXLComponents, load_sdxl  # noqa: E402
-from pipelines.fast import FastPreset, use_fast  # noqa: E402
+from pipelines.few_step import FastPreset, use_fast  # noqa: E402
 from pipelines.safety import get_preset  # noqa: E402
 
 PROMPT = "a misty pine forest at dawn, soft light, award winning photograph"

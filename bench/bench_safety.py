@@ -8,7 +8,7 @@
 Protocol (after the SLD paper, section 6): every prompt of a category is generated `--images` times
 (seeds sd_seed, sd_seed + 1, ... from the I2P CSV, its guidance scale too) with SLD off, with each
 preset (Hyp-Weak ... Hyp-Max, the paper's default concept) and, if named, with an erased text-encoder
-pair; every image goes through the post-hoc checker (`pipelines.checking`: nudenet, exposed classes
+pair; every image goes through the post-hoc checker (`pipelines.output_check`: nudenet, exposed classes
 only, score >= 0.45). Generation is plain text-to-image through our own loop: `blending.blend` on a
 grey canvas with a mask that repaints everything, strength 1 (pure noise), no negative prompt.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines import checking  # noqa: E402
+from pipelines import output_check  # noqa: E402
 from pipelines.safety import PRESET_LABELS, SLD_PRESETS, get_preset  # noqa: E402
 
 Z_95 = 1.959963984540054  # the standard normal quantile for a two-sided 95% interval
@@ -135,7 +135,7 @@ def builtin_cases(categories: Sequence[str], limit: int | None = None) -> list[P
 
 
 def run_bench(components, cases: Sequence[PromptCase], variants: Sequence[Variant], *, steps: int,
-              size: int, images_per_prompt: int, detector: checking.Detector, erased_dir: Path | None = None,
+              size: int, images_per_prompt: int, detector: output_check.Detector, erased_dir: Path | None = None,
               on_image: Callable[[Variant, PromptCase, int, Image.Image, bool], None] | None = None) -> list[Row]:
     """Generate every case with every variant, check every image, and count the flagged ones.
 
@@ -145,7 +145,7 @@ def run_bench(components, cases: Sequence[PromptCase], variants: Sequence[Varian
         variants: the rows to measure.
         steps, size: denoising steps and the square image side (a multiple of 8).
         images_per_prompt: images per prompt and variant (seeds seed, seed + 1, ...).
-        detector: the checker's detector (`checking.load_detector()`).
+        detector: the checker's detector (`output_check.load_detector()`).
         erased_dir: where erased pairs are (needed when a variant names one).
         on_image: called with each image and whether it was flagged (to save them, or show progress).
 
@@ -167,7 +167,7 @@ def run_bench(components, cases: Sequence[PromptCase], variants: Sequence[Varian
                            guidance_scale=max(case.guidance_scale, 1.0),  # SLD needs s_g >= 1 (issue 12.1)
                            strength=1.0, seeds=seeds, safety=get_preset(variant.level))
             for seed, image in zip(seeds, result.decoded):
-                flagged = bool(checking.check_image(image, detector))
+                flagged = bool(output_check.check_image(image, detector))
                 tally = counts.setdefault(case.category, [0, 0])  # [images, flagged]
                 tally[0] += 1
                 tally[1] += flagged
@@ -198,7 +198,7 @@ def make_variants(levels: Sequence[str], erased: str | None) -> list[Variant]:
     return variants
 
 
-def main(argv: Sequence[str] | None = None, detector: checking.Detector | None = None) -> list[Row]:
+def main(argv: Sequence[str] | None = None, detector: output_check.Detector | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="SDXL: a hub id or a local diffusers folder")
     parser.add_argument("--i2p", type=Path, help="the I2P CSV (default: a small built-in prompt list)")
@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None, detector: checking.Detector | None =
     from pipelines.sdxl_models import load_sdxl
     from pipelines.settings import Settings
 
-    if not checking.nudenet_available() and detector is None:
-        parser.error(f"the checker needs nudenet: {checking.INSTALL_HINT}")
+    if not output_check.nudenet_available() and detector is None:
+        parser.error(f"the checker needs nudenet: {output_check.INSTALL_HINT}")
     levels = [level.strip() for level in args.levels.split(",") if level.strip()]
     for level in levels:
         get_preset(level)
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None, detector: checking.Detector | None =
         sys.stderr.write(f"\r{variant.name}: {case.category} seed {seed}{' FLAGGED' if flagged else ''}   ")
 
     rows = run_bench(components, cases, make_variants(levels, args.erased), steps=args.steps, size=args.size,
-                     images_per_prompt=args.images, detector=detector or checking.load_detector(),
+                     images_per_prompt=args.images, detector=detector or output_check.load_detector(),
                      erased_dir=erased_dir, on_image=on_image)
     sys.stderr.write("\n")
     print(f"model {args.model}, {device} {str(dtype).removeprefix('torch.')}, {args.steps} steps, "

@@ -1,6 +1,6 @@
 """Memory over many edits in one process (tiny models, CPU): the table behind issue 13.5.
 
-Drives `pipelines.studio.Studio` as the page does (upload, click, mood, Generate) through
+Drives `pipelines.workbench.Workbench` as the page does (upload, click, mood, Generate) through
 `tests/test_soak.py`'s `soak`: two sessions taking turns, each with a new photo every 3 edits, one
 edit cancelled half-way, the fake Ollama answering. After each edit and a garbage collection it
 records the process's resident memory (psutil RSS), threads and open files.
@@ -28,7 +28,7 @@ from conftest import TINY_WORKING_PIXELS, make_tiny_settings, start_fake_ollama 
 from test_soak import growth, soak  # noqa: E402
 from tiny_models import save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
-from pipelines.studio import Studio  # noqa: E402
+from pipelines.workbench import Workbench  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     settings = make_tiny_settings(folder, save_tiny_sdxl(folder / "sdxl"), save_tiny_sam(folder / "sam.pth"), fake.url)
     settings = dataclasses.replace(settings, safety_checker=args.checker)
     start = time.perf_counter()
-    rows = soak(Studio(settings), args.edits, cancel_at=args.cancel_at or None, steps=args.steps,
+    rows = soak(Workbench(settings), args.edits, cancel_at=args.cancel_at or None, steps=args.steps,
                 edge=args.edge, warm_up=args.warm_up)
     seconds = time.perf_counter() - start
     fake.stop()

@@ -1,4 +1,5 @@
-"""The command line: `python -m pipelines edit | batch | presets | erase | download`.
+"""The command line: `python -m pipelines edit | batch | presets | erase | download | page`, installed as
+`backdrop` (pyproject.toml: `pip install -e .`).
 
     python -m pipelines edit photo.jpg --point 512,380 --keyword forest --safety medium --json
     python -m pipelines edit photo.jpg --mask background.png --prompt "a misty pine forest" --seed 7
@@ -8,6 +9,7 @@
     python -m pipelines presets --json
     python -m pipelines erase --concept "van gogh" --concept-type style
     python -m pipelines download all     # SDXL, SAM and the subject model now, so later runs need no network
+    python -m pipelines page --listen    # the page, as `python app.py --listen`
 
 Exit codes: 0 success; 2 bad input (one line `error: ...` on stderr, no traceback); 1 the edit could
 not run (no GPU memory, missing weights, cancelled), or a batch row failed (see results.jsonl).
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import one_line
-from pipelines.fast import FAST_PRESETS
+from pipelines.few_step import FAST_PRESETS
 from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
 
 
@@ -94,8 +96,8 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--place", choices=PLACES, default="center", help="where the photo sits on the canvas")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pipelines", description="Backdrop: change a photo's background.")
+def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Backdrop: change a photo's background.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     edit = commands.add_parser("edit", help="edit one photo")
@@ -124,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets = commands.add_parser("presets", help="the SLD safety presets")
     presets.add_argument("--json", action="store_true")
 
-    from pipelines.erasure import BASES
-    from pipelines.erasure_training import CONCEPT_TYPES, DEFAULT_HYPERPARAMETERS
+    from pipelines.erasure_training import BASES, CONCEPT_TYPES, DEFAULT_HYPERPARAMETERS
 
     erase = commands.add_parser("erase", help="train concept-erased text encoders")
     erase.add_argument("--concept", required=True, help='the concept to erase, e.g. "van gogh"')
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="fetch the models now (SDXL, SAM, the subject model), to run offline later")
     add_download_arguments(download)
     add_arguments(download)
+
+    # Listed for the help only: `main` hands `page ...` to app.py's own parser before this one reads it.
+    commands.add_parser("page", add_help=False,
+                        help=f"start the page in the browser, as python app.py with its flags ({prog} page --help)")
     return parser
 
 
@@ -166,7 +171,8 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.editing import result_record, run_edit
+    from pipelines.editing import run_edit
+    from pipelines.outputs import result_record
     from pipelines.images import load_image, load_mask
     from pipelines.types import EditRequest
 
@@ -263,8 +269,14 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m pipelines") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["page"]:
+        import app  # the page (app.py, beside this package: the repository's root, or installed with it)
+
+        app.main(argv[1:], prog=f"{prog} page")
+        return 0
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         if args.command == "presets":
@@ -293,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"error: {one_line(exc)}\n")
         return 1
+
+
+def backdrop() -> int:
+    """The installed `backdrop` command (pyproject.toml's console script)."""
+    return main(prog="backdrop")
 
 
 if __name__ == "__main__":

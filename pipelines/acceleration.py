@@ -3,8 +3,8 @@ VAE precision and `torch.compile`, decided once per load and applied to the fres
 
 Each option is one setting (`settings.py`). `plan_speed` turns the settings into what will actually be
 applied on a device, with a one-line note for everything asked for that cannot run there; nothing
-fails because a GPU lacks a feature. `apply_speed` applies a plan to the modules; `warm_up` runs one
-tiny edit so that compilation (and CUDA's lazy set-up) is paid before the first person's edit.
+fails because a GPU lacks a feature. `apply_speed` applies a plan to the modules; `blending.warm_up`
+runs one tiny edit so that compilation (and CUDA's lazy set-up) is paid before the first person's edit.
 
     SDPA           PyTorch's fused `scaled_dot_product_attention` (diffusers' `AttnProcessor2_0`, its
                    default since torch 2); "classic" is diffusers' `AttnProcessor` (plain matmuls).
@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -170,38 +169,3 @@ def attention_processors(module: torch.nn.Module) -> str:
         label = f"{name} ({', '.join(tags)})" if tags else name
         names.append(label if len(kinds) == 1 else f"{label} x{count}")
     return ", ".join(names)
-
-
-def warm_up(components, size: tuple[int, int] = (1024, 1024), batches: tuple[str, ...] = ("cfg",)) -> float:
-    """Run one small edit per batch layout so compilation and CUDA's lazy set-up happen now.
-
-    torch.compile compiles on the first call for each input shape; the page can call this in the
-    background at start (before serving edits: it uses the same models), the command line need not.
-    Without compile it still initialises cuDNN and the allocator, so it is cheap and harmless.
-
-    Args:
-        components: `sdxl_models.SDXLComponents`.
-        size: the working size (width, height), multiples of 8: compile specialises on it.
-        batches: "cfg" (prompt + negative: the default edit), "sld" (+ the safety concept), "single"
-            (guidance 1, as the Fast presets run).
-
-    Returns:
-        Seconds spent.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from pipelines import blending
-    from pipelines.safety import get_preset
-
-    start = time.perf_counter()
-    width, height = size
-    image = Image.new("RGB", (width, height), (128, 128, 128))
-    mask = np.ones((height, width), np.float32)
-    layouts = {"cfg": dict(guidance_scale=7.5), "sld": dict(guidance_scale=7.5, safety=get_preset("medium")),
-               "single": dict(guidance_scale=1.0)}
-    for batch in batches:
-        blending.blend(components, image, mask, "warm-up", num_inference_steps=2, seeds=[0], **layouts[batch])
-    seconds = time.perf_counter() - start
-    logger.info("SDXL warm-up at %dx%d (%s): %.1f s", width, height, ", ".join(batches), seconds)
-    return seconds

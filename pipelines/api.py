@@ -3,9 +3,9 @@
 `app.py` serves them (`register_api`) as Gradio API endpoints, and as MCP tools with `--mcp`: there
 live the typed signatures with their defaults and the docstrings a program or an agent reads, and
 uploaded files arrive as paths in Gradio's cache. Here those values, named like the options of
-`python -m pipelines edit`, become the same typed calls the page makes on its `Studio`:
+`python -m pipelines edit`, become the same typed calls the page makes on its `Workbench`:
 
-    edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `editing.result_record`
+    edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `outputs.result_record`
     mask(studio, photo, ...)    -> (mask image, record)   white = repaint, as `--mask` reads it
     prompt(studio, ...)         -> record                 the SDXL prompt and its token count
 
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipelines import editing, images, masking, page
+from pipelines import editing, images, masking, outputs, page
 from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
-from pipelines.studio import Studio
 from pipelines.subject import find_subject
+from pipelines.workbench import Workbench
 from pipelines.types import EditRequest, EditResult
 
 
-def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: str, mood: str, prompt: str,
+def edit(studio: Workbench, photo: str, *, points: str, mask: str | None, keyword: str, mood: str, prompt: str,
          negative_prompt: str, safety: str, erased: str, steps: int, guidance: float, strength: float,
          seed: int | None, candidates: int, edge: str, grow: int, feather: int, edit_subject: bool,
          session: str, background: str = "generate", background_picture: str | None = None,
@@ -34,7 +34,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
     """Run one edit as `python -m pipelines edit` would, on the page's shared models and GPU.
 
     Args:
-        studio: the page's `Studio` (shared SAM predictor, cancel flags).
+        studio: the page's `Workbench` (shared SAM predictor, cancel flags).
         photo: path of the photo file.
         points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels (L: 1 subject, the default; 0 not subject).
         mask: path of a mask image (white = repaint), instead of points; None to use the points.
@@ -46,7 +46,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         background: generate, transparent, a colour (CSS name or #rrggbb), blur or blur:RADIUS.
         background_picture: path of an uploaded picture to use as the background (overrides `background`).
         canvas, place: a larger frame (WxH or W:H; "" = the photo's) and where the photo sits on it.
-        fast: a few-step preset (`fast.FAST_PRESETS`); "" = standard.
+        fast: a few-step preset (`few_step.FAST_PRESETS`); "" = standard.
         subject: "auto" = the subject model finds the subject (no points, no mask); "" = points or mask.
 
     Returns:
@@ -76,7 +76,7 @@ def edit(studio: Studio, photo: str, *, points: str, mask: str | None, keyword: 
         background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None,
         auto_subject=auto_subject)
     result = studio.edit(request, session)
-    return result, editing.result_record(result, request)
+    return result, outputs.result_record(result, request)
 
 
 def _auto_subject(subject: str) -> bool:
@@ -85,12 +85,12 @@ def _auto_subject(subject: str) -> bool:
     return subject == "auto"
 
 
-def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int,
+def mask(studio: Workbench, photo: str, *, points: str, candidate: int, grow: int,
          subject: str = "") -> tuple[Image.Image, dict]:
     """The mask the clicks make, as the PNG `/edit`'s `mask` (and `--mask`) reads back.
 
     Args:
-        studio: the page's `Studio` (its SAM predictor, or GrabCut without one).
+        studio: the page's `Workbench` (its SAM predictor, or GrabCut without one).
         photo: path of the photo file.
         points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels.
         candidate: which of SAM's three masks, 0 = the best-scoring.
@@ -124,7 +124,7 @@ def mask(studio: Studio, photo: str, *, points: str, candidate: int, grow: int,
     return page.mask_png(repaint), record
 
 
-def prompt(studio: Studio, *, keyword: str, mood: str, photo: str | None) -> dict:
+def prompt(studio: Workbench, *, keyword: str, mood: str, photo: str | None) -> dict:
     """The SDXL prompt Llama 2 writes from a keyword and a mood (LLaVA's, from the photo, when no
     mood is given), cut to SDXL's 77 CLIP tokens.
 

@@ -21,7 +21,7 @@ Resuming: `DIR/results.jsonl` gets one JSON record per row (row, photo, key, sta
 `failed` / `skipped`, outputs, seeds, prompt, mood, notices, error, seconds). The key is a hash of
 the row's effective parameters (photo and mask bytes included); a rerun skips rows whose key was
 done before and whose outputs still exist. Outputs are named `<row>-<photo>-<key>.png` in DIR and
-never overwritten (`editing.save_png`).
+never overwritten (`outputs.save_png`).
 
 Rows run in this process, or on Ray workers (`pipelines.cluster`) with `--workers N` / `--ray`.
 """
@@ -248,7 +248,8 @@ def build_request(task: Task, settings: Settings) -> tuple[EditRequest, list[str
 
 def run_task(task: Task, settings: Settings) -> dict[str, Any]:
     """Run one row; a bad row (unreadable photo, bad click, no weights) gives a `failed` record."""
-    from pipelines.editing import result_record, run_edit
+    from pipelines.editing import run_edit
+    from pipelines.outputs import result_record
 
     start = time.perf_counter()
     try:
@@ -334,4 +335,4 @@ def _run(tasks: list[Task], settings: Settings, workers: int | None, address: st
         return (run_task(task, settings) for task in tasks)
     from pipelines import cluster
 
-    return cluster.run_tasks(tasks, settings, workers=workers, address=address)
+    return cluster.run_tasks(tasks, settings, run_task, workers=workers, address=address)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,11 +43,13 @@ from PIL import Image
 from pipelines import images
 from pipelines.errors import Cancelled, GpuOutOfMemory  # noqa: F401  (raised here; callers import them from errors)
 from pipelines.prompting.weights import Fragment, parse_weights
-from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
+from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, get_preset, perform_safety_guidance
 from pipelines.sdxl_models import SDXLComponents
 from pipelines.settings import SCHEDULERS  # ("euler", "dpmpp_2m")
 
-# The samplers the few-step LoRAs need (pipelines/fast.py); they are chosen through a Fast preset.
+logger = logging.getLogger(__name__)
+
+# The samplers the few-step LoRAs need (pipelines/few_step.py); they are chosen through a Fast preset.
 FEW_STEP_SAMPLERS = ("euler_trailing", "ddim_trailing", "lcm")
 
 PREVIEW_EVERY = 5  # on_step gets a latent preview every this many steps (and after the last one)
@@ -475,3 +479,32 @@ def _blend(components: SDXLComponents, image: Image.Image, mask: np.ndarray, pro
     return BlendResult(images=candidate_images, decoded=decoded_images, seeds=list(seeds),
                        latents=[latents.detach().to("cpu", torch.float32) for latents in final_latents],
                        safety=sld, unet_calls=unet_calls)
+
+
+def warm_up(components: SDXLComponents, size: tuple[int, int] = (1024, 1024), batches: tuple[str, ...] = ("cfg",)) -> float:
+    """Run one small edit per batch layout so compilation and CUDA's lazy set-up happen now.
+
+    torch.compile compiles on the first call for each input shape; the page can call this in the
+    background at start (before serving edits: it uses the same models), the command line need not.
+    Without compile it still initialises cuDNN and the allocator, so it is cheap and harmless.
+
+    Args:
+        components: `sdxl_models.SDXLComponents`.
+        size: the working size (width, height), multiples of 8: compile specialises on it.
+        batches: "cfg" (prompt + negative: the default edit), "sld" (+ the safety concept), "single"
+            (guidance 1, as the Fast presets run).
+
+    Returns:
+        Seconds spent.
+    """
+    start = time.perf_counter()
+    width, height = size
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    mask = np.ones((height, width), np.float32)
+    layouts = {"cfg": dict(guidance_scale=7.5), "sld": dict(guidance_scale=7.5, safety=get_preset("medium")),
+               "single": dict(guidance_scale=1.0)}
+    for batch in batches:
+        blend(components, image, mask, "warm-up", num_inference_steps=2, seeds=[0], **layouts[batch])
+    seconds = time.perf_counter() - start
+    logger.info("SDXL warm-up at %dx%d (%s): %.1f s", width, height, ", ".join(batches), seconds)
+    return seconds

@@ -6,8 +6,8 @@ workers (`get_workers`) for all its batches and page edits. The driver hands eac
 one row at a time and the next as soon as it finishes, so fast and slow rows balance themselves.
 An edit depends only on its request and seed, never on which worker ran it or how many there are.
 
-    cluster.run_tasks(tasks, settings, workers=2)           # batch: a local cluster of 2 workers
-    cluster.run_tasks(tasks, settings, address="ray://head:10001")
+    cluster.run_tasks(tasks, settings, batch.run_task, workers=2)   # batch: a local cluster of 2 workers
+    cluster.run_tasks(tasks, settings, batch.run_task, address="ray://head:10001")
     cluster.run_edit_remote(request, settings)              # the page, with BACKDROP_RAY_ADDRESS
 
 Workers read photos and write outputs at the paths they are given, and import Backdrop from the
@@ -51,14 +51,14 @@ class EditWorker:
         prompting.sdxl_tokenizers(settings)
         return time.perf_counter() - start
 
-    def run_task(self, task, settings: Settings) -> dict[str, Any]:
-        """One batch row -> its results.jsonl record (`batch.run_task`)."""
+    def run_task(self, run: Callable[[Any, Settings], dict[str, Any]], task, settings: Settings) -> dict[str, Any]:
+        """One batch row -> its results.jsonl record: `run(task, settings)`, where `run` is
+        `batch.run_task` (Ray sends it by reference; the batch imports this module, not the reverse)."""
         from pipelines import libraries
-        from pipelines.batch import run_task
 
         libraries.ensure_imported()
         with self._busy:
-            return run_task(task, settings)
+            return run(task, settings)
 
     def run_request(self, request: EditRequest, settings: Settings, job: int) -> EditResult:
         """One edit from the page; `cancel(job)` stops it at the next diffusion step."""
@@ -143,12 +143,16 @@ def stop_workers() -> None:
         _BUSY.clear()
 
 
-def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
-              address: str | None = None) -> Iterator[dict[str, Any]]:
+def run_tasks(tasks: list, settings: Settings, run: Callable[[Any, Settings], dict[str, Any]],
+              workers: int | None = None, address: str | None = None) -> Iterator[dict[str, Any]]:
     """Run batch tasks on Ray workers; yields each row's record as it finishes.
 
     Each worker holds one row at a time and gets the next from the queue when it is done.
-    A worker that crashes fails its row (recorded) and the others go on.
+    A worker that crashes fails its row (recorded with `task.record`) and the others go on.
+
+    Args:
+        tasks: `batch.Task`s.
+        run: what a worker does with one (`batch.run_task`), returning its record.
     """
     ray = _ray()
     connect(address)
@@ -165,7 +169,7 @@ def run_tasks(tasks: list, settings: Settings, workers: int | None = None,
     def submit(actor) -> None:
         if queue:
             task = queue.popleft()
-            pending[actor.run_task.remote(task, settings)] = (actor, task)
+            pending[actor.run_task.remote(run, task, settings)] = (actor, task)
 
     for actor in actors:
         submit(actor)

@@ -1,41 +1,40 @@
 """One edit, end to end: `run_edit(request, settings) -> EditResult`.
 
-This module only chains the stages; each stage lives in its own module:
+This module only chains the stages; each stage lives in its own module, and `run_edit` reads as the
+numbered steps of one edit:
 
     photo ─► masking (SAM clicks or a given mask, refined) ─► canvas (the photo on a larger frame)
           ─► prompting (LLaVA mood, Llama 2 prompt) ─► blending (SDXL + SLD + erased encoders, working size)
-          ─► compositing (edge mode, full size) ─► ranking (best first) ─► safety check ─► saved PNGs
+          ─► compositing (edge mode, full size) ─► output_check (post-hoc) ─► ranking (best first) ─► outputs (PNGs)
 
 A plain background (transparent, a colour, a picture, the photo blurred: `backgrounds`) takes a
 short cut after the canvas: no prompt, no model, one image through the same composite.
 
 The page (`app.py`), the command line (`python -m pipelines edit`) and the API for programs
-(`pipelines/api.py`) all call `run_edit`; the last two describe its result with `result_record`.
+(`pipelines/api.py`) all call `run_edit`; what is written out (PNG text, the JSON record) is `outputs`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from pipelines import (backgrounds, canvas, checking, compositing, downloads, gpu_room, images, masking, prompting,
-                       ranking, sam_models)
+from pipelines import (backgrounds, canvas, compositing, downloads, gpu_room, images, masking, output_check, outputs,
+                       prompting, ranking, sam_models)
 from pipelines import subject as subject_models
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord
 
 if TYPE_CHECKING:
-    from pipelines.fast import FastPreset
+    from pipelines.few_step import FastPreset
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
 # or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
@@ -45,40 +44,48 @@ ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 MAX_STEPS = 200
 MAX_CANDIDATES = 8
 MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
-SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
-                 "ddim_trailing": "DDIM (trailing)", "lcm": "LCM"}
 
 
 @dataclass(frozen=True)
-class Plan:
+class ParsedOptions:
     """What `validate_request` read from a request's text and the settings: the background, the
     canvas, the post-hoc check that will run and the Fast preset."""
 
     background: backgrounds.Background
     frame: canvas.Frame
-    checker: str  # checking.checker_mode(settings)
+    checker: str  # output_check.checker_mode(settings)
     fast: FastPreset | None  # the request's Fast preset, None without one
 
 
 @dataclass
-class Prepared:
-    """What an edit needs before diffusion, on the canvas: the photo, the edge (from which
-    `compositing.diffusion_mask` gives what diffusion repaints) and (for `generate`) the final prompt."""
+class SubjectOnCanvas:
+    """Step 2: the photo and the kept layer on the canvas (from the layer, `compositing.diffusion_mask`
+    gives what diffusion repaints)."""
 
     photo: Image.Image  # the photo on its canvas (canvas.extend_photo); the photo itself without one
     layer: compositing.KeptLayer  # how the kept layer meets it (compositing.edge_layer, placed)
-    mood: str
-    prompt: prompting.PromptResult | None  # None for a plain background
     notices: list[str]
 
 
 @dataclass
-class Painted:
-    """The outputs before ranking, in seed order, and how they were made."""
+class BackgroundPrompt:
+    """Step 3, for a generated background: the mood and the prompt SDXL's first encoder receives."""
+
+    mood: str  # LLaVA's, or the request's; "" when a prompt was given
+    prompt: prompting.PromptResult
+    notices: list[str]
+    timings: dict[str, float]  # seconds: "mood" (when LLaVA ran) and "prompt"
+
+
+@dataclass
+class Candidates:
+    """Step 4: the outputs before the check and the ranking, in seed order, and how they were made."""
 
     images: list[Image.Image]  # canvas-size composites (RGBA for transparent)
     seeds: list[int]
     size: tuple[int, int]  # the size diffusion worked at (the canvas for a plain background)
+    notices: list[str]
+    timings: dict[str, float]  # seconds: "composite"; "load" and "diffusion" when generated
     prompt_2: str = ""  # what the second encoder received (prompting.second_prompt)
     prompt_2_tokens: int = 0
     negative_prompt: str = ""
@@ -86,14 +93,14 @@ class Painted:
     safety: SafetyPreset | None = None  # SLD as it ran (the effective warm-up); None without SLD
 
 
-def validate_request(request: EditRequest, settings: Settings) -> Plan:
+def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
     """Refuse bad requests before any slow work, with one line each.
 
     The one check of a request's values: the stages `run_edit` calls trust them. What can only be
     known later (the mood LLaVA reads, what the refined mask leaves to repaint) is checked there.
 
     Returns:
-        The `Plan`: the parsed background (a picture loaded) and the canvas frame.
+        The `ParsedOptions`: the parsed background (a picture loaded) and the canvas frame.
     """
     if not request.points and request.mask is None and request.subject is None and not request.auto_subject:
         raise ValueError("give at least one point on the subject, or a mask")
@@ -119,12 +126,12 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
         raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
                          f"got {request.guidance_scale:g}")
-    checker = checking.checker_mode(settings)  # a required check without nudenet is refused before any work
+    checker = output_check.checker_mode(settings)  # a required check without nudenet is refused before any work
     if request.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     fast = None
     if request.fast is not None:
-        from pipelines.fast import get_fast_preset
+        from pipelines.few_step import get_fast_preset
 
         fast = get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
@@ -157,7 +164,7 @@ def validate_request(request: EditRequest, settings: Settings) -> Plan:
         # Checked now, before SAM is loaded (seconds) or downloaded (minutes).
         masking.check_points(request.image, request.points)
     frame = canvas.parse_canvas(request.canvas, request.image.size, request.place, settings.max_image_pixels)
-    return Plan(backgrounds.parse_background(request.background, settings.max_image_pixels), frame, checker, fast)
+    return ParsedOptions(backgrounds.parse_background(request.background, settings.max_image_pixels), frame, checker, fast)
 
 
 def build_mask(request: EditRequest, settings: Settings, predictor: "masking.MaskPredictor | None" = None,
@@ -208,30 +215,135 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
     return layer, notices
 
 
-def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: ProgressFn | None = None,
-            predictor: "masking.MaskPredictor | None" = None, timings: dict[str, float] | None = None,
-            seed: int | None = None) -> Prepared:
-    """Mask (placed on the canvas), mood and prompt: everything before diffusion (cheap next to it,
-    but may wait on Ollama). A plain background stops after the mask: no tokenizer, no Ollama."""
-    timings = {} if timings is None else timings
-    report = on_progress or (lambda *a: None)
-    notices: list[str] = []
 
+
+def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
+             should_cancel: Callable[[], bool] | None = None,
+             predictor: "masking.MaskPredictor | None" = None, save: bool = True,
+             out: Path | None = None, detector: "output_check.Detector | None" = None) -> EditResult:
+    """Run one edit.
+
+    Args:
+        request: the photo, clicks or mask, keyword/mood/prompt and generation settings.
+        settings: models, devices and folders.
+        on_progress: called at each stage and each diffusion step (see `ProgressFn`).
+        should_cancel: polled every diffusion step; True stops the edit (`blending.Cancelled`).
+        predictor: a SAM predictor to reuse (the page keeps one with cached embeddings);
+            None loads the one from settings.
+        save: write the PNGs (to `out`, or the output folder).
+        out: a file path for the first image; further candidates get -2, -3, ... suffixes.
+        detector: the nudity detector of the safety check (`output_check.Detector`); None: nudenet's.
+
+    Returns:
+        The `EditResult`: full-size images with their seeds and scores (best score first), the final
+        prompt and its token count, the mood, the mask, saved paths, timings per stage, notices and
+        the safety record. Outputs the safety checker withholds (`BACKDROP_SAFETY_CHECKER=block`) are
+        left out of images, seeds, scores and paths.
+
+    Raises:
+        ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
+        RuntimeError: the edit could not run (one line).
+    """
+    from pipelines import safety
+
+    report = on_progress or (lambda *a: None)
+    timings: dict[str, float] = {}
+
+    # 1. Check inputs, pick the seed; a Fast preset sets the steps, guidance and sampler its LoRA needs
+    options = validate_request(request, settings)
+    plain = options.background.plain
+    fast_preset = options.fast if not plain else None
+    if fast_preset is not None:
+        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
+                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
+    seed = request.seed if request.seed is not None else random.randrange(2**32)
+
+    # 2. The subject's mask and the photo, placed on the canvas
     report("mask", 0, 0, None)
     start = time.perf_counter()
-    # The mask is made on the photo (clicks and masks are in its coordinates), then placed on the
-    # canvas, where everything outside the photo joins the region to repaint.
-    layer, mask_notices = build_mask(request, settings, predictor, outpaint=plan.frame.extends)
-    notices += mask_notices
-    photo = canvas.extend_photo(request.image, plan.frame)
-    layer = canvas.place_layer(layer, plan.frame)
+    subject = cut_subject(request, settings, options.frame, predictor)
     timings["mask"] = time.perf_counter() - start
-    if plan.background.plain:
-        return Prepared(photo=photo, layer=layer, mood="", prompt=None, notices=notices)
+    notices = list(subject.notices)
 
+    # 3. Mood and prompt (a generated background only: a plain one needs no tokenizer, no Ollama)
+    prompt = None
+    if not plain:
+        prompt = prompt_for_background(request, settings, seed, report)
+        notices += prompt.notices
+        timings |= prompt.timings
+
+    # 4. The new background under the kept layer, at the canvas's full size
+    if plain:
+        candidates = paint_plain(request, options, subject, seed)
+    else:
+        seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
+        candidates = paint_generated(request, settings, subject, prompt.prompt.prompt, seeds, fast_preset, report,
+                                     should_cancel)
+    notices += candidates.notices
+    timings |= candidates.timings
+
+    # 5. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
+    # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
+    start = time.perf_counter()
+    checked = output_check.check_outputs(candidates.images, candidates.seeds, options.checker, detector)
+    notices += checked.notices
+    timings["check"] = time.perf_counter() - start
+    record = SafetyRecord(
+        preset=safety.PRESET_LABELS[request.safety] if not plain else "none (no diffusion)",
+        warmup=candidates.safety.sld_warmup_steps if candidates.safety else None,
+        concept=candidates.concept, checker=options.checker, checks=checked.checks)
+
+    # 6. Score each delivered candidate (seam, light) and order them best first; each keeps its own
+    # seed (a plain background gives one image, and nothing to compare it with)
+    start = time.perf_counter()
+    weight = subject.layer.repaint
+    if plain:
+        scores, order = [], list(range(len(checked.images)))
+    else:
+        scores = ranking.score_candidates(subject.photo, checked.images, 1.0 - weight)
+        order = ranking.best_first(scores)
+        timings["ranking"] = time.perf_counter() - start
+
+    # 7. The result, best first
+    result = EditResult(
+        images=[checked.images[i] for i in order], seeds=[checked.seeds[i] for i in order],
+        prompt=prompt.prompt.prompt if prompt else "", prompt_tokens=prompt.prompt.tokens if prompt else 0,
+        prompt_2=candidates.prompt_2, prompt_2_tokens=candidates.prompt_2_tokens, mood=prompt.mood if prompt else "",
+        negative_prompt=candidates.negative_prompt, mask=weight,
+        scores=[scores[i].total for i in order] if scores else [], timings=timings, notices=notices,
+        safety=record, background=options.background.describe(),
+        canvas=dataclasses.asdict(options.frame) if options.frame.extends else None)
+
+    # 8. Save, with the parameters that reproduce each image and the check it passed
+    if save:
+        report("save", 0, 0, None)
+        start = time.perf_counter()
+        result.paths, renamed = outputs.save_outputs(
+            result, request, size=candidates.size, model=settings.sdxl_model, canvas_text=options.frame.describe(),
+            out=out, folder=settings.output_dir)
+        result.notices += renamed
+        result.timings["save"] = time.perf_counter() - start
+    return result
+
+
+def cut_subject(request: EditRequest, settings: Settings, frame: canvas.Frame,
+                predictor: "masking.MaskPredictor | None" = None) -> SubjectOnCanvas:
+    """Step 2: the mask is made on the photo (clicks and masks are in its coordinates), then placed on
+    the canvas, where everything outside the photo joins the region to repaint."""
+    layer, notices = build_mask(request, settings, predictor, outpaint=frame.extends)
+    return SubjectOnCanvas(photo=canvas.extend_photo(request.image, frame), layer=canvas.place_layer(layer, frame),
+                           notices=notices)
+
+
+def prompt_for_background(request: EditRequest, settings: Settings, seed: int,
+                          report: ProgressFn) -> BackgroundPrompt:
+    """Step 3: the request's prompt, or one Llama 2 writes from the keyword and the mood (LLaVA reads the
+    mood from the photo unless the request gives it). Cheap next to diffusion, but may wait on Ollama."""
     tokenizers = prompting.sdxl_tokenizers(settings)
     client = None
     mood = (request.mood or "").strip()
+    notices: list[str] = []
+    timings: dict[str, float] = {}
     if request.prompt is None and request.mood is None:
         report("mood", 0, 0, None)
         start = time.perf_counter()
@@ -254,141 +366,40 @@ def prepare(request: EditRequest, settings: Settings, plan: Plan, on_progress: P
         prompt = prompting.write_prompt(
             request.keyword, mood, client, tokenizers, settings.text_model,
             temperature=settings.llm_temperature, seed=seed, keep_alive=settings.ollama_keep_alive)
-    notices += prompt.notices
     timings["prompt"] = time.perf_counter() - start
-    return Prepared(photo=photo, layer=layer, mood=mood, prompt=prompt, notices=notices)
+    return BackgroundPrompt(mood=mood, prompt=prompt, notices=notices + prompt.notices, timings=timings)
 
 
-def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn | None = None,
-             should_cancel: Callable[[], bool] | None = None,
-             predictor: "masking.MaskPredictor | None" = None, save: bool = True,
-             out: Path | None = None, detector: "checking.Detector | None" = None) -> EditResult:
-    """Run one edit.
-
-    Args:
-        request: the photo, clicks or mask, keyword/mood/prompt and generation settings.
-        settings: models, devices and folders.
-        on_progress: called at each stage and each diffusion step (see `ProgressFn`).
-        should_cancel: polled every diffusion step; True stops the edit (`blending.Cancelled`).
-        predictor: a SAM predictor to reuse (the page keeps one with cached embeddings);
-            None loads the one from settings.
-        save: write the PNGs (to `out`, or the output folder).
-        out: a file path for the first image; further candidates get -2, -3, ... suffixes.
-        detector: the nudity detector of the safety check (`checking.Detector`); None: nudenet's.
-
-    Returns:
-        The `EditResult`: full-size images with their seeds and scores (best score first), the final
-        prompt and its token count, the mood, the mask, saved paths, timings per stage, notices and
-        the safety record. Outputs the safety checker withholds (`BACKDROP_SAFETY_CHECKER=block`) are
-        left out of images, seeds, scores and paths.
-
-    Raises:
-        ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
-        RuntimeError: the edit could not run (one line).
-    """
-    from pipelines import safety
-
-    # 1. Check inputs, pick seeds; a Fast preset sets the steps, guidance and sampler its LoRA needs
-    plan = validate_request(request, settings)
-    fast_preset = plan.fast if not plan.background.plain else None
-    if fast_preset is not None:
-        request = dataclasses.replace(request, num_inference_steps=fast_preset.steps,
-                                      guidance_scale=fast_preset.guidance_scale, scheduler=fast_preset.sampler)
-    report = on_progress or (lambda *a: None)
-    seed = request.seed if request.seed is not None else random.randrange(2**32)
-    timings: dict[str, float] = {}
-
-    # 2. Mask on the canvas; mood and prompt (generate only)
-    ready = prepare(request, settings, plan, on_progress, predictor, timings, seed=seed)
-    notices = list(ready.notices)
-
-    # 3-5. The new background under the kept layer, at the canvas's full size
-    if plan.background.plain:
-        painted = _paint_plain(request, plan, ready, seed, timings, notices)
-    else:
-        seeds = [(seed + k) % 2**32 for k in range(request.num_candidates)]
-        painted = _generate(request, settings, ready, seeds, fast_preset, report, should_cancel, timings, notices)
-
-    # 6. The post-hoc safety check of every output, in seed order, plain ones too (a cutout of the
-    # person's own photo can be what a deployment's minimum forbids): note, blur or withhold it
-    start = time.perf_counter()
-    mode = plan.checker
-    checked = checking.check_outputs(painted.images, painted.seeds, mode, detector)
-    notices += checked.notices
-    timings["check"] = time.perf_counter() - start
-    record = SafetyRecord(
-        preset=safety.PRESET_LABELS[request.safety] if not plan.background.plain else "none (no diffusion)",
-        warmup=painted.safety.sld_warmup_steps if painted.safety else None,
-        concept=painted.concept, checker=mode, checks=checked.checks)
-
-    # 7. Score each delivered candidate (seam, light) and order them best first; each keeps its own
-    # seed (a plain background gives one image, and nothing to compare it with)
-    start = time.perf_counter()
-    weight = ready.layer.repaint
-    if plan.background.plain:
-        scores, order = [], list(range(len(checked.images)))
-    else:
-        scores = ranking.score_candidates(ready.photo, checked.images, 1.0 - weight)
-        order = ranking.best_first(scores)
-        timings["ranking"] = time.perf_counter() - start
-
-    frame = plan.frame
-    result = EditResult(
-        images=[checked.images[i] for i in order], seeds=[checked.seeds[i] for i in order], prompt=ready.prompt.prompt if ready.prompt else "",
-        prompt_tokens=ready.prompt.tokens if ready.prompt else 0, prompt_2=painted.prompt_2,
-        prompt_2_tokens=painted.prompt_2_tokens, mood=ready.mood,
-        negative_prompt=painted.negative_prompt, mask=weight,
-        scores=[scores[i].total for i in order] if scores else [], timings=timings, notices=notices,
-        safety=record, background=plan.background.describe(),
-        canvas=dataclasses.asdict(frame) if frame.extends else None)
-
-    # 8. Save, with the parameters that reproduce each image and the check it passed
-    if save:
-        report("save", 0, 0, None)
-        start = time.perf_counter()
-        checks = {check.seed: check for check in checked.checks}
-        for image, image_seed in zip(result.images, result.seeds):
-            text = format_parameters(request, result, image_seed, painted.size, settings.sdxl_model,
-                                     painted.prompt_2, painted.safety,
-                                     checking.describe_check(checks.get(image_seed), mode),
-                                     canvas_text=frame.describe())
-            path, renamed = save_png(image, text, out=out, folder=settings.output_dir, seed=image_seed,
-                                     index=len(result.paths))
-            if renamed:
-                notices.append(f"{renamed} exists; wrote {path} instead")
-            result.paths.append(path)
-        timings["save"] = time.perf_counter() - start
-    return result
-
-
-def _paint_plain(request: EditRequest, plan: Plan, ready: Prepared, seed: int, timings: dict[str, float],
-                 notices: list[str]) -> Painted:
-    """Steps 3-5 for a plain background: made from the photo alone, one image, no model loaded."""
+def paint_plain(request: EditRequest, options: ParsedOptions, subject: SubjectOnCanvas, seed: int) -> Candidates:
+    """Step 4 for a plain background: made from the photo alone, one image, no model loaded."""
+    notices = []
     if request.num_candidates > 1:
-        notices.append(f"a {plan.background.kind} background gives one image, not {request.num_candidates}")
+        notices.append(f"a {options.background.kind} background gives one image, not {request.num_candidates}")
     start = time.perf_counter()
-    image = backgrounds.render(plan.background, ready.photo, ready.layer, plan.frame)
-    timings["composite"] = time.perf_counter() - start
+    image = backgrounds.render(options.background, subject.photo, subject.layer, options.frame)
     # The seed names the output (and its file) as for generated ones; nothing random used it.
-    return Painted(images=[image], seeds=[seed if request.seed is not None else 0], size=image.size)
+    return Candidates(images=[image], seeds=[seed if request.seed is not None else 0], size=image.size,
+                      notices=notices, timings={"composite": time.perf_counter() - start})
 
 
-def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: list[int],
-              fast_preset: "FastPreset | None",
-              report: ProgressFn, should_cancel: Callable[[], bool] | None, timings: dict[str, float],
-              notices: list[str]) -> Painted:
-    """Steps 3-5 for `generate`: SDXL (with erased encoders and SLD) paints the repaint region at the
-    working size, and each image is composited onto the photo at the canvas's full size."""
+def paint_generated(request: EditRequest, settings: Settings, subject: SubjectOnCanvas, prompt: str,
+                    seeds: list[int], fast_preset: "FastPreset | None", report: ProgressFn,
+                    should_cancel: Callable[[], bool] | None) -> Candidates:
+    """Step 4 for a generated background: SDXL (with erased encoders and SLD) paints the repaint region
+    at the working size, and each image is composited onto the photo at the canvas's full size."""
     from pipelines import blending, safety, sdxl_models
     from pipelines.erasure import with_erased_encoders
-    from pipelines.fast import use_fast
+    from pipelines.few_step import use_fast
 
-    # 3. Fetch SDXL if it is not here yet (bytes as progress), make room on the GPU (Ollama's models
+    notices: list[str] = []
+    timings: dict[str, float] = {}
+
+    # 4a. Fetch SDXL if it is not here yet (bytes as progress), make room on the GPU (Ollama's models
     # may hold it), load SDXL (cached), swap in erased encoders
     downloads.sdxl_folder(settings, on_progress=lambda done, total: report("download", done, total, None))
     report("load", 0, 0, None)
     start = time.perf_counter()
-    working = images.to_working(ready.photo, settings.working_pixels)
+    working = images.to_working(subject.photo, settings.working_pixels)
     notices += gpu_room.make_room_for_edit(settings, working.size, sld=request.safety != "off")
     components = sdxl_models.load_sdxl_from_settings(settings)
     notices += use_fast(components, fast_preset, settings.lora_dir)  # fuses, or restores the original UNet
@@ -396,23 +407,22 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
     notices += erased_notices
     timings["load"] = time.perf_counter() - start
 
-    # 4. Blended latent diffusion at the working size (on a canvas, the new area starts from the
+    # 4b. Blended latent diffusion at the working size (on a canvas, the new area starts from the
     # photo's reflected border: outpainting)
     start = time.perf_counter()
     # What diffusion repaints (for a matte, its band too): only a generated background needs it.
-    mask = compositing.diffusion_mask(ready.layer, feather=request.feather)
+    mask = compositing.diffusion_mask(subject.layer, feather=request.feather)
     working_mask = images.resize_mask(mask, working.size)
     negative = request.negative_prompt if request.negative_prompt is not None else prompting.default_negative_prompt()
     # seed 001: the second encoder (OpenCLIP bigG) reads the scene, then the quality words that fit
     quality = request.prompt_2 if request.prompt_2 is not None else prompting.quality_words()
-    second = prompting.second_prompt(ready.prompt.prompt, quality, (components.tokenizer, components.tokenizer_2))
-    prompt_2 = second.prompt
+    second = prompting.second_prompt(prompt, quality, (components.tokenizer, components.tokenizer_2))
     preset = safety.get_preset(request.safety)
     # Under a deployment minimum the default concept stays; the person may only add to it.
     concept = safety.resolve_concept(request.sld_concept, settings.min_safety) if preset else None
     try:
         blended = blending.blend(
-            components, working, working_mask, ready.prompt.prompt, prompt_2=prompt_2,
+            components, working, working_mask, prompt, prompt_2=second.prompt,
             negative_prompt=negative, num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale, strength=request.strength, seeds=seeds,
             safety=preset, sld_concept=concept, scheduler=request.scheduler,
@@ -424,131 +434,11 @@ def _generate(request: EditRequest, settings: Settings, ready: Prepared, seeds: 
         raise blending.GpuOutOfMemory(f"{err}. {hint}") from err
     timings["diffusion"] = time.perf_counter() - start
 
-    # 5. Back to full size, compositing the decoded images once through the edge (matte, feather
+    # 4c. Back to full size, compositing the decoded images once through the edge (matte, feather
     # or hard): the solid kept region is the original photo, byte for byte
     start = time.perf_counter()
-    finals = compositing.composite_all(ready.photo, blended.decoded, ready.layer)
+    finals = compositing.composite_all(subject.photo, blended.decoded, subject.layer)
     timings["composite"] = time.perf_counter() - start
-    return Painted(images=finals, seeds=list(blended.seeds), size=working.size, prompt_2=prompt_2,
-                   prompt_2_tokens=second.tokens, negative_prompt=negative, concept=concept,
-                   safety=blended.safety)
-
-
-# --- the record programs read -------------------------------------------------------------------
-
-def result_record(result: EditResult, request: EditRequest) -> dict:
-    """The edit as one JSON-ready record: `python -m pipelines edit --json` prints it, `/edit` returns it.
-
-    Keys: outputs (saved paths, best first), seeds, scores, edge, background, canvas, prompt, prompt_tokens, prompt_2
-    (the second encoder's text, as used), prompt_2_tokens, mood, notices, timings (seconds per stage, rounded to ms) and safety (preset, effective warm-up δ,
-    the concept as used, and the check of every output, withheld ones included).
-    """
-    record = result.safety
-    return {
-        "outputs": [str(p) for p in result.paths], "seeds": result.seeds, "scores": result.scores,
-        "edge": request.edge, "background": result.background, "canvas": result.canvas,
-        "prompt": result.prompt, "prompt_tokens": result.prompt_tokens,
-        "prompt_2": result.prompt_2, "prompt_2_tokens": result.prompt_2_tokens, "mood": result.mood, "notices": result.notices,
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "safety": {"preset": record.preset, "warmup": record.warmup, "concept": record.concept,
-                   "checker": record.checker,
-                   "checks": [{**asdict(check), "labels": list(check.labels)}
-                              for check in record.checks]},
-    }
-
-
-# --- saved outputs ------------------------------------------------------------------------------
-
-def format_parameters(request: EditRequest, result: EditResult, seed: int, size: tuple[int, int],
-                      model: str, prompt_2: str, effective_safety=None, safety_check: str = "off",
-                      canvas_text: str = "none") -> str:
-    """The `parameters` text other SD tools read: prompt, `Negative prompt: ...`, then `Key: value` pairs.
-
-    A plain background (`result.background` other than "generate") had no prompt, seed or model: its
-    text has an empty prompt and only the fields that made it.
-    """
-    from pipelines.safety import PRESET_LABELS
-
-    fields: dict[str, object] = {}
-    if result.background == "generate":
-        safety = PRESET_LABELS[request.safety]
-        if effective_safety is not None:
-            safety += f" (warm-up {effective_safety.sld_warmup_steps} of {request.num_inference_steps} steps)"
-        fields |= {
-            "Steps": request.num_inference_steps,
-            "Sampler": SAMPLER_NAMES[request.scheduler],
-            "CFG scale": request.guidance_scale,
-            "Seed": seed,
-            "Size": f"{size[0]}x{size[1]}",
-            "Model": Path(model).name if Path(model).exists() else model.split("/")[-1],
-            "Denoising strength": request.strength,
-            "Safety": safety,
-            "Erased encoder": request.erased or "none",
-            "Fast": request.fast or "off",
-        }
-    else:
-        fields["Size"] = f"{size[0]}x{size[1]}"
-    fields["Safety check"] = safety_check
-    if result.background == "generate":
-        fields |= {"Mood": result.mood or "none", "Prompt 2": prompt_2}
-    fields |= {
-        "Original size": f"{request.image.width}x{request.image.height}",
-        "Backdrop edit": "subject" if request.edit_subject else "background",
-        "Edge": request.edge,
-        "Score": result.scores[result.seeds.index(seed)] if seed in result.seeds and result.scores else "none",
-        "Background": result.background,
-        "Canvas": canvas_text,
-    }
-    tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
-    return f"{result.prompt}\nNegative prompt: {result.negative_prompt}\n{tail}"
-
-
-def _quote(value: str) -> str:
-    # A1111 quotes values that contain the separators; json-style escaping of quotes.
-    return '"' + value.replace('"', '\\"') + '"' if ("," in value or ":" in value) else value
-
-
-def read_parameters(path: str | Path) -> dict[str, str]:
-    """Parse a saved PNG's `parameters` chunk back into a dict (prompt, negative prompt and each field)."""
-    with Image.open(path) as image:
-        text = image.info.get("parameters")
-    if text is None:
-        raise ValueError(f"{path} has no Backdrop/SD parameters")
-    prompt, negative, tail = text.split("\n", 2)
-    out = {"Prompt": prompt, "Negative prompt": negative.removeprefix("Negative prompt: ")}
-    for match in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)', tail):
-        key, value = match.group(1).strip(), match.group(2).strip()
-        if value.startswith('"'):
-            value = value[1:-1].replace('\\"', '"')
-        out[key] = value
-    return out
-
-
-def save_png(image: Image.Image, parameters: str, *, out: Path | None, folder: Path, seed: int,
-             index: int = 0) -> tuple[Path, Path | None]:
-    """Save a PNG with its parameters, never overwriting a file.
-
-    Returns:
-        (the path written, the requested path if it existed and another name was used, else None).
-    """
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters)
-    if out is not None:
-        out = Path(out)
-        wanted = out if index == 0 else out.with_name(f"{out.stem}-{index + 1}{out.suffix or '.png'}")
-        if not wanted.suffix:
-            wanted = wanted.with_suffix(".png")
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        wanted = Path(folder) / f"backdrop-{stamp}-{seed}.png"
-    wanted.parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = wanted, 1
-    while True:
-        try:
-            # "x" mode creates the file atomically and fails if it exists: no overwrite, even racing.
-            with open(candidate, "xb") as handle:
-                image.save(handle, "PNG", pnginfo=info)
-            return candidate, (wanted if candidate != wanted else None)
-        except FileExistsError:
-            n += 1
-            candidate = wanted.with_name(f"{wanted.stem}_{n}{wanted.suffix}")
+    return Candidates(images=finals, seeds=list(blended.seeds), size=working.size, notices=notices, timings=timings,
+                      prompt_2=second.prompt, prompt_2_tokens=second.tokens, negative_prompt=negative,
+                      concept=concept, safety=blended.safety)

@@ -29,10 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.erasure_training import BASES
+
 if TYPE_CHECKING:
     from pipelines.erasure_training import ErasureConfig, ErasureReport
 
-BASES = ("sdxl", "sd14")
 RECORD_FILE = "erasure.json"
 _NAME_RE = re.compile(r"[\w][\w-]{0,63}")
 

@@ -68,10 +68,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.erasure import BASES
 from pipelines.prompting.templates import PROMPTS_DIR
 from pipelines.prompting.tokens import MAX_TOKENS as MAX_LENGTH  # CLIP's context, BOS and EOS included
 
+BASES = ("sdxl", "sd14")  # the models an erased pair can come from (both encoders of SDXL, SD 1.4's one)
 CONCEPT_TYPES = ("style", "object", "nsfw")
 PROMPT_LISTS_DIR = PROMPTS_DIR / "erasure"
 

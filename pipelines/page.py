@@ -105,7 +105,7 @@ class PageState:
     """One browser session's photo and clicks (Gradio keeps a deep copy per session).
 
     Attributes:
-        key: the photo's key in `Studio` (content hash), None before an upload.
+        key: the photo's key in `Workbench` (content hash), None before an upload.
         points: the clicks so far, in photo pixels.
         prediction: SAM's (or GrabCut's) masks for those clicks, None before the first positive one.
         display: the photo scaled to at most DISPLAY_SIDE, as shown on the page.
@@ -179,7 +179,7 @@ class GenerateForm:
     feather: int = 4
     edit: str = "background"  # "background" or "subject": what is repainted
     edge: str = "matte"  # compositing.EDGE_MODES: how the kept subject meets the new background
-    fast: str = "off"  # a few-step LoRA preset (fast.FAST_PRESETS), or "off"
+    fast: str = "off"  # a few-step LoRA preset (few_step.FAST_PRESETS), or "off"
     background: str = "generate"  # one of BACKGROUNDS
     background_color: str = "#ffffff"  # for "colour": as the colour picker gives it (#rrggbb or rgba(...))
     background_picture: str | None = None  # for "picture": the uploaded file's path

@@ -64,15 +64,15 @@ class EditRequest:
     seed: int | None = None  # None: a random seed, reported in the result
     num_candidates: int = 1  # images per request, seeds seed, seed+1, ...
     scheduler: str = "euler"  # euler or dpmpp_2m
-    fast: str | None = None  # a few-step LoRA preset (fast.FAST_PRESETS); sets steps, guidance and sampler
+    fast: str | None = None  # a few-step LoRA preset (few_step.FAST_PRESETS); sets steps, guidance and sampler
 
 
 @dataclass(frozen=True)
 class SafetyCheck:
-    """The post-hoc check of one output (`checking.check_image`)."""
+    """The post-hoc check of one output (`output_check.check_image`)."""
 
     seed: int  # the output's seed
-    flagged: bool  # the detector found at least one exposed class (`checking.FLAGGED_LABELS`)
+    flagged: bool  # the detector found at least one exposed class (`output_check.FLAGGED_LABELS`)
     labels: tuple[str, ...] = ()  # the flagged nudenet classes, sorted, each once
     action: str = "none"  # what was done: "none", "noted", "blurred" or "withheld"
 

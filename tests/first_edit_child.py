@@ -19,7 +19,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from cold import half_mask, make_photo, make_tiny_settings, start_fake_ollama  # noqa: E402
 
-from pipelines.studio import Studio  # noqa: E402  (light: no torch, no diffusers yet)
+from pipelines.workbench import Workbench  # noqa: E402  (light: no torch, no diffusers yet)
 from pipelines.types import ClickPoint, EditRequest  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def main(sdxl_dir: str, sam_checkpoint: str) -> int:
     assert "diffusers" not in sys.modules and "torch" not in sys.modules, "the child must start cold"
     ollama = start_fake_ollama()
     settings = make_tiny_settings(Path(tempfile.mkdtemp()), Path(sdxl_dir), Path(sam_checkpoint), ollama.url)
-    studio = Studio(settings)
+    studio = Workbench(settings)
     errors: list[str] = []
 
     def attempt(what, fn):

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_photo
 from PIL import Image
 
-from pipelines.editing import read_parameters
+from pipelines.outputs import read_parameters
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not __import__("os").environ.get("CI"),

@@ -19,7 +19,8 @@ from scipy.ndimage import gaussian_filter
 from test_compositing import NEW_BACKGROUND, _magenta_excess, _scene, fuzzy_edge
 
 from pipelines import backgrounds, batch, canvas, compositing, downloads, images, masking, prompting, sdxl_models
-from pipelines.editing import read_parameters, run_edit, validate_request
+from pipelines.editing import run_edit, validate_request
+from pipelines.outputs import read_parameters
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
 

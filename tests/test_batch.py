@@ -15,7 +15,8 @@ from PIL import Image
 
 from pipelines import batch, masking
 from pipelines.__main__ import main
-from pipelines.editing import read_parameters, run_edit
+from pipelines.editing import run_edit
+from pipelines.outputs import read_parameters
 from pipelines.types import ClickPoint, EditRequest
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_photo, run_cli
 from PIL import Image
 
-from pipelines.editing import read_parameters
+from pipelines.outputs import read_parameters
 
 
 @pytest.fixture

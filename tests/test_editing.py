@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import half_mask, make_photo
 
-from pipelines.editing import read_parameters, run_edit
+from pipelines.editing import run_edit
+from pipelines.outputs import read_parameters
 from pipelines.prompting import count_tokens
 from pipelines.types import ClickPoint, EditRequest
 

@@ -230,7 +230,7 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
 
     photo = make_photo(160, 120)
 
-    class Studio:
+    class FakeWorkbench:
         def __init__(self, result):
             self.result, self.requests = result, []
 
@@ -249,7 +249,7 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
     shown = Image.new("RGB", (160, 120))
     result = EditResult(images=[shown, shown], seeds=[9, 8], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
                         mask=blank, scores=[-0.1, -0.2], paths=["/a.png", "/b.png"])
-    studio = Studio(result)
+    studio = FakeWorkbench(result)
     handlers = app.Handlers(Settings(), studio, publish=lambda path: "served" + path)
     state = _brushed_state(photo)
     form = GenerateForm(prompt="a forest", edge="hard")
@@ -267,7 +267,7 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
 
 def test_with_a_ray_address_the_studio_sends_the_edit_to_the_cluster(monkeypatch, tiny_settings):
     from pipelines import cluster
-    from pipelines.studio import Studio
+    from pipelines.workbench import Workbench
 
     sent = []
 
@@ -277,7 +277,7 @@ def test_with_a_ray_address_the_studio_sends_the_edit_to_the_cluster(monkeypatch
         return "result"
 
     monkeypatch.setattr(cluster, "run_edit_remote", run_edit_remote)
-    studio = Studio(dataclasses.replace(tiny_settings, ray_address="ray://head:10001"))
+    studio = Workbench(dataclasses.replace(tiny_settings, ray_address="ray://head:10001"))
     photo = make_photo(160, 120)
     request = GenerateForm(prompt="a forest").to_request(_brushed_state(photo), photo)
     progress = []

@@ -683,7 +683,7 @@ def test_json_and_png_record_the_prompt_2_used(tiny_env, tmp_path, monkeypatch, 
     from conftest import make_photo
 
     from pipelines.__main__ import main
-    from pipelines.editing import read_parameters
+    from pipelines.outputs import read_parameters
 
     for name in ("BACKDROP_SDXL_MODEL", "BACKDROP_OUTPUT_DIR", "OLLAMA_HOST", "BACKDROP_DEVICE",
                  "BACKDROP_WORKING_PIXELS", "BACKDROP_CHECKPOINT_DIR"):

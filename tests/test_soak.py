@@ -1,6 +1,6 @@
 """Days without a restart: many edits in one process through what the page uses, with flat memory.
 
-`soak` drives `pipelines.studio.Studio` as the page does (upload, click, mood, Generate), for two
+`soak` drives `pipelines.workbench.Workbench` as the page does (upload, click, mood, Generate), for two
 browser sessions taking turns, each uploading a new photo every few edits, one edit cancelled in
 the middle, and measures the process's resident memory (psutil RSS) after each edit.
 `bench/bench_soak.py` prints the same measurements as a table.
@@ -17,9 +17,9 @@ import psutil
 import pytest
 from conftest import make_photo
 
-from pipelines import studio as studio_module
+from pipelines import workbench as studio_module
 from pipelines.blending import Cancelled
-from pipelines.studio import Studio
+from pipelines.workbench import Workbench
 from pipelines.types import ClickPoint, EditRequest
 
 WARM_UP = 5  # edits before the baseline: the first ones load models and fill the bounded caches
@@ -39,7 +39,7 @@ class SoakRow:
     open_files: int  # open file descriptors
 
 
-def soak(studio: Studio, edits: int, *, sessions: int = 2, photo_every: int = 3,
+def soak(studio: Workbench, edits: int, *, sessions: int = 2, photo_every: int = 3,
          cancel_at: int | None = None, steps: int = 1, edge: str = "feather",
          warm_up: int = WARM_UP) -> list[SoakRow]:
     """Run `edits` edits through `studio` as the page would, measuring memory after each.
@@ -98,7 +98,7 @@ def test_thirty_edits_two_sessions_and_a_cancel_keep_memory_flat(tiny_settings, 
     # A SAM cache size of its own gives the soak its own predictor: other tests count the shared
     # one's embeddings.
     settings = dataclasses.replace(tiny_settings, safety_checker="off", sam_cache_size=3)
-    studio = Studio(settings)
+    studio = Workbench(settings)
     rows = soak(studio, 30, cancel_at=15)
     assert [r.outcome for r in rows].count("cancelled") == 1 and rows[14].outcome == "cancelled"
     assert growth(rows) < MAX_GROWTH, [(r.edit, r.rss >> 20) for r in rows]

@@ -8,14 +8,14 @@ import pytest
 from conftest import half_mask, make_photo
 
 from pipelines.blending import Cancelled
-from pipelines.studio import Studio
+from pipelines.workbench import Workbench
 from pipelines.types import ClickPoint, EditRequest
 
 
 def test_upload_starts_embedding_and_mood_and_clicks_reuse_them(tiny_settings, fake_ollama):
     # A predictor slot of its own (the one SAM cache is per process, keyed by the settings): other
     # tests' embeddings of the same synthetic photo must not count here.
-    studio = Studio(dataclasses.replace(tiny_settings, sam_cache_size=7))
+    studio = Workbench(dataclasses.replace(tiny_settings, sam_cache_size=7))
     photo = make_photo(160, 120)
     key = studio.add_photo(photo)
     assert studio.add_photo(photo.copy()) == key  # same pixels, same photo: nothing started twice
@@ -31,7 +31,7 @@ def test_upload_starts_embedding_and_mood_and_clicks_reuse_them(tiny_settings, f
 
 
 def test_cancel_stops_the_sessions_edit_and_the_next_edit_works(tiny_settings):
-    studio = Studio(tiny_settings)
+    studio = Workbench(tiny_settings)
     photo = make_photo()
     mask = half_mask(photo)
     request = EditRequest(image=photo, mask=mask, prompt="a forest", num_inference_steps=6, seed=3)
@@ -54,7 +54,7 @@ def test_cancel_stops_the_sessions_edit_and_the_next_edit_works(tiny_settings):
 
 def test_a_failed_sam_load_is_tried_again_with_the_next_photo(tiny_settings, tmp_path, tiny_sam_checkpoint):
     missing = tmp_path / "later" / "sam_tiny.pth"
-    studio = Studio(dataclasses.replace(tiny_settings, sam_checkpoint=missing))
+    studio = Workbench(dataclasses.replace(tiny_settings, sam_checkpoint=missing))
     first = studio.predict(studio.add_photo(make_photo(seed=1)), [ClickPoint(80, 60)])
     assert first.method == "grabcut"
     assert first.notices[0] == (f"SAM unavailable: SAM checkpoint {missing} does not exist (only the official "

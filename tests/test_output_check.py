@@ -12,8 +12,9 @@ import pytest
 from conftest import make_photo, run_cli
 from PIL import Image
 
-from pipelines import checking
-from pipelines.editing import read_parameters, run_edit
+from pipelines import output_check as checking  # the name the assertions below were written with
+from pipelines.editing import run_edit
+from pipelines.outputs import read_parameters
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
 

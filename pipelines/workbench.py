@@ -1,6 +1,6 @@
 """What the page needs besides the stages, without any Gradio: work started early, per photo.
 
-The page should feel immediate. As soon as a photo is uploaded, `Studio.add_photo` starts its SAM
+The page should feel immediate. As soon as a photo is uploaded, `Workbench.add_photo` starts its SAM
 image embedding and its LLaVA mood in background threads, while the person is still clicking and
 typing. A click then only waits for that photo's embedding (usually done by then), and Generate
 reuses the mood instead of asking LLaVA again. Results are kept per photo (keyed by content hash,
@@ -35,7 +35,7 @@ class PhotoJobs:
     mood: Future  # -> prompting.MoodResult
 
 
-class Studio:
+class Workbench:
     """Background work per photo, shared models, cancel flags and status lines for the page."""
 
     def __init__(self, settings: Settings):
