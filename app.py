@@ -49,6 +49,11 @@ MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black
 # reach SAM. Coordinates are the preview's own pixels, as Gradio's select event gives them (the img
 # is centred, object-fit contain or scale-down). Handed to `launch(js=...)`: one arrow function.
 BRUSH_JS = Path(__file__).parent / "app_brush.js"
+EXAMPLES = Path(__file__).parent / "examples"
+# (file name, label, Background, keyword): plain backgrounds first, as they need no model at all.
+EXAMPLE_PHOTOS = (("astronaut", "Astronaut on white", "colour", ""),
+                  ("chelsea", "Cat, background blurred", "blur", ""),
+                  ("coffee", "Coffee on marble (SDXL)", "generate", "marble counter"))
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ class Page:
     files: gr.File
     status: gr.Markdown
     pull: gr.Button
+    examples: gr.Examples  # photos with their masks: picking one loads both (Handlers.example)
 
     def form(self) -> dict:
         """The widgets Generate reads, by `GenerateForm` field name."""
@@ -139,11 +145,14 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 SECTION_CLASS = "shut-at-load"
 SHUT_SECTIONS_JS = (f"() => document.querySelectorAll('.{SECTION_CLASS} > button.label-wrap.open')"
                     ".forEach((b) => b.click())")
-# Results sit beside the photo: the gallery shows the best candidate large and the rest as
-# thumbnails; below 720 CSS pixels Gradio stacks the two columns (photo, keyword, Generate, result).
+# The status lines compact at the top; the candidates as a strip of thumbnails (Gradio 6's gallery
+# stretches a lone item to the full width, whatever `columns` says).
 CSS = """
 #status { font-size: 0.9em; } #status ul { margin: 0; } #status li { margin: 0; }
 #title h1 { margin: 0; font-size: 1.5em; } #title p { margin: 0; }
+#candidates-strip .grid-container { grid-template-columns: repeat(auto-fill, 96px) !important;
+                                    grid-auto-rows: 72px !important; }
+#candidates-strip .thumbnail-item { width: 96px; height: 72px; }
 """
 
 
@@ -175,13 +184,14 @@ def build_layout(settings: Settings) -> Page:
             gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.",
                         elem_id="title")
             # What works and what is missing, one line each with its fix (filled at load).
-            w["status"] = gr.Markdown(elem_id="status")
-            w["pull"] = gr.Button("Pull missing Ollama models", size="sm", elem_id="pull", scale=0, min_width=200)
+            w["status"] = gr.Markdown(elem_id="status", min_width=300)
+            w["pull"] = gr.Button("Pull missing Ollama models", size="sm", elem_id="pull", scale=0, min_width=200,
+                                visible=False)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 # PNG, not Gradio's default lossy WebP: the preview shows the mask's edge as it is.
                 w["photo"] = gr.Image(label="Photo (drop one, then click the subject)", type="filepath",
-                                      sources=["upload", "clipboard"], elem_id="photo", height=360, format="png")
+                                      sources=["upload", "clipboard"], elem_id="photo", height=340, format="png")
                 _hand_upload_to_our_loader(w["photo"])
                 with gr.Row():
                     w["keyword"] = gr.Textbox(label="Background keyword", elem_id="keyword",
@@ -193,6 +203,7 @@ def build_layout(settings: Settings) -> Page:
                     w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
                     w["cancel"] = gr.Button("Cancel", elem_id="cancel", scale=1)
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
+                examples_slot = gr.Column(elem_id="examples")  # filled below, once its inputs exist
                 with section("Mask tools: points, brush, candidates, edge, mask files", "mask-tools"):
                     # The subject's row: an automatic "find the subject" button belongs at its front.
                     with gr.Row(elem_id="subject-row"):
@@ -294,6 +305,15 @@ def build_layout(settings: Settings) -> Page:
                     w["files"] = gr.File(label="Download (PNG)", file_count="multiple", elem_id="downloads",
                                          interactive=False, height=100, scale=2, min_width=200)
                 w["notices"] = gr.Markdown(elem_id="notices")
+        with examples_slot:
+            # Photos that ship with the project (examples/README.md: licences), each with its mask,
+            # so the first try needs no model: pick one, press Generate.
+            w["examples"] = gr.Examples(
+                [[str(EXAMPLES / f"{name}.jpg"), str(EXAMPLES / f"{name}-mask.png"), background, keyword]
+                 for name, _, background, keyword in EXAMPLE_PHOTOS],
+                inputs=[w["photo"], w["mask_upload"], w["background"], w["keyword"]],
+                example_labels=[label for _, label, *_ in EXAMPLE_PHOTOS], label="Try an example (photo and mask)",
+                api_visibility="private")
     return Page(demo=demo, **w)
 
 
@@ -324,6 +344,13 @@ class Handlers:
             raise gr.Error(str(exc)) from exc
         state = PageState.for_photo(self.studio.add_photo(image), image)
         return state, state.display, _candidates(state), "", "Click the subject.", None
+
+    def example(self, path: str, mask: str | None, invert: bool, grow: int):
+        """-> state, photo, candidate, mood, notices after an example (a photo and its mask) was picked."""
+        state, display, candidates, mood, _, _ = self.upload(path)
+        if mask is not None:
+            state, display, candidates = self.use_mask(state, mask, invert, grow)
+        return state, display, candidates, mood, "Example loaded with its mask: press Generate."
 
     def mood(self, state: PageState, mood: str):
         """-> mood, notices, once LLaVA has read the photo (skipped when a mood was typed)."""
@@ -499,11 +526,16 @@ class Handlers:
             gr.Info("Stopping after the current step...")
 
     def load(self):
-        """-> status, erased choices."""
+        """-> status, erased choices, pull (shown only while Ollama runs without a model it needs)."""
         from pipelines.erasure import list_erased
+        from pipelines.prompting import OllamaUnavailable
 
         erased = ["none"] + list_erased(self.settings.erased_dir)
-        return self._status(), gr.Dropdown(choices=erased)
+        try:
+            missing = self.studio.client().missing_models((self.settings.vision_model, self.settings.text_model))
+        except OllamaUnavailable:  # not running: the status line says how to start it
+            missing = []
+        return self._status(), gr.Dropdown(choices=erased), gr.Button(visible=bool(missing))
 
     def pull(self, progress=gr.Progress()):
         """-> status, after pulling the Ollama models that are missing."""
@@ -533,6 +565,9 @@ def wire(page: Page, on: Handlers) -> None:
         p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
                        concurrency_limit=None, api_visibility=PAGE_ONLY).then(
             on.mood, [p.state, p.mood], [p.mood, p.notices], concurrency_limit=None, api_visibility=PAGE_ONLY)
+        p.examples.load_input_event.then(
+            on.example, [p.photo, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate, p.mood, p.notices],
+            api_visibility=PAGE_ONLY)
         p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],
                       api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
@@ -584,7 +619,7 @@ def wire(page: Page, on: Handlers) -> None:
         p.cancel.click(on.cancel, None, None, queue=False, api_visibility=PAGE_ONLY)
         p.gallery.select(on.select_result, [p.state, p.results], [p.best, p.before_after], api_visibility=PAGE_ONLY)
         p.demo.load(None, None, None, js=SHUT_SECTIONS_JS, api_visibility=PAGE_ONLY)
-        p.demo.load(on.load, None, [p.status, p.erased], api_visibility=PAGE_ONLY, show_progress="hidden")
+        p.demo.load(on.load, None, [p.status, p.erased, p.pull], api_visibility=PAGE_ONLY, show_progress="hidden")
         p.pull.click(on.pull, None, [p.status], concurrency_limit=1, api_visibility=PAGE_ONLY)
 
 

@@ -286,13 +286,17 @@ def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, t
 
 LAPTOP, PHONE = (1366, 768), (390, 844)
 # The controls a person can see and use at first load: Gradio blocks holding an input or a button
-# and no such block inside (a shut section counts once, as its title).
+# and no such block inside (a shut section counts once, as its title), and the buttons and tabs
+# outside any block (Generate, Cancel, the tabs, ...); not Gradio's own footer.
 VISIBLE_CONTROLS = """() => {
   const seen = (e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
   const live = (e) => seen(e) && e.querySelector('input:not([type=hidden]), button, textarea, select');
   const blocks = [...document.querySelectorAll('.block')].filter(live);
-  return blocks.filter((b) => !blocks.some((c) => c !== b && b.contains(c)))
-               .map((b) => b.id || b.querySelector('label, button')?.textContent.trim().slice(0, 30)); }"""
+  const leaves = blocks.filter((b) => !blocks.some((c) => c !== b && b.contains(c)));
+  const buttons = [...document.querySelectorAll('button')].filter((b) => seen(b) && !b.closest('.block, footer'));
+  const names = new Set(buttons.map((b) => b.textContent.trim()));  // Gradio draws each tab's button twice
+  return [...leaves.map((b) => b.id || b.querySelector('label, button')?.textContent.trim().slice(0, 30)),
+          ...names]; }"""
 SECTIONS_SHUT = "() => document.querySelectorAll('.shut-at-load').length === 4 && !document.querySelector('.shut-at-load > button.label-wrap.open')"
 
 
@@ -338,6 +342,7 @@ def test_the_first_view_holds_photo_keyword_safety_generate_and_result(app_url, 
     assert boxes["#result"]["x"] >= boxes["#photo"]["x"] + boxes["#photo"]["width"] - 1  # beside the photo
     assert boxes["#status"]["y"] < boxes["#photo"]["y"]  # what is missing stands above
     controls = page.evaluate(VISIBLE_CONTROLS)
+    print("controls at first load:", len(controls), controls)
     assert len(controls) <= 12, controls
     for section in ("Mask tools", "Background and canvas", "Prompt and mood", "Advanced"):
         assert page.locator(".shut-at-load > button.label-wrap").filter(has_text=section).count() == 1
@@ -393,3 +398,19 @@ def test_the_result_shows_in_view_with_one_progress_bar_and_values_set_as_sectio
     params = read_parameters(saved)
     assert params["Steps"] == "3" and params["Prompt"].startswith("a quiet pine forest"), params
     assert params["Canvas"].endswith("(left)"), params
+
+
+def test_an_example_gives_a_plain_background_in_one_click_and_generate(app_url, browser, tmp_path):
+    page = _first_load(browser, app_url, LAPTOP)
+    page.locator("#examples").get_by_text("Astronaut on white").click()
+    page.get_by_text("Example loaded with its mask: press Generate.").wait_for(timeout=60_000)
+    page.locator("#generate").click()
+    saved = _download(page, tmp_path, "astronaut")
+    mask = np.asarray(Image.open(Path(__file__).parent.parent / "examples" / "astronaut-mask.png").convert("L"))
+    result = np.asarray(Image.open(saved).convert("RGB"))
+    assert result.shape[:2] == mask.shape == (512, 512)
+    from scipy import ndimage
+
+    inside = ndimage.binary_erosion(mask == 255, iterations=16)  # the background, beyond the matte band
+    assert inside.mean() > 0.3 and (result[inside] == 255).all()  # white where the mask repaints
+    assert read_parameters(saved)["Background"] == "color #ffffff"
