@@ -48,6 +48,12 @@ MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black
 # it and, on release, sent as JSON to the hidden #stroke box; the click that ends a drag does not
 # reach SAM. Coordinates are the preview's own pixels, as Gradio's select event gives them (the img
 # is centred, object-fit contain or scale-down). Handed to `launch(js=...)`: one arrow function.
+# Not Gradio 6's gr.ImageEditor, though its brush would do (measured on 6.31 in headless Chromium:
+# a stroke comes back as a layer at the background's size with alpha only 0 or 255, so exact).
+# The photo here is also SAM's click target, and its preview is replaced after every click and
+# every stroke; setting an ImageEditor's value clears its layers, and its own tools (brush,
+# eraser, pan, zoom, layers) take the press that is a SAM click on this page. Switching means
+# turning each layer change into `PageState.strokes` and giving clicks a tool of their own.
 BRUSH_JS = Path(__file__).parent / "app_brush.js"
 EXAMPLES = Path(__file__).parent / "examples"
 # (file name, label, Background, keyword): plain backgrounds first, as they need no model at all.
@@ -119,7 +125,7 @@ class Page:
     files: gr.File
     status: gr.Markdown
     pull: gr.Button
-    examples: gr.Examples  # photos with their masks: picking one loads both (Handlers.example)
+    examples: gr.Column  # where `wire` puts the example photos (Handlers.example)
 
     def form(self) -> dict:
         """The widgets Generate reads, by `GenerateForm` field name."""
@@ -143,8 +149,8 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 # moved at once, easily hit on a busy machine) snapped back unseen, and Generate read the old one.
 # Built open, every widget is mounted at load, and opening a section later only shows it.
 SECTION_CLASS = "shut-at-load"
-SHUT_SECTIONS_JS = (f"() => document.querySelectorAll('.{SECTION_CLASS} > button.label-wrap.open')"
-                    ".forEach((b) => b.click())")
+SHUT_SECTIONS_JS = (f"() => {{ document.querySelectorAll('.{SECTION_CLASS} > button.label-wrap.open')"
+                    ".forEach((b) => b.click()); document.body.dataset.sectionsShut = 'yes'; }")
 # The status lines compact at the top; the candidates as a strip of thumbnails (Gradio 6's gallery
 # stretches a lone item to the full width, whatever `columns` says).
 CSS = """
@@ -203,7 +209,7 @@ def build_layout(settings: Settings) -> Page:
                     w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
                     w["cancel"] = gr.Button("Cancel", elem_id="cancel", scale=1)
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
-                examples_slot = gr.Column(elem_id="examples")  # filled below, once its inputs exist
+                w["examples"] = gr.Column(elem_id="examples")  # filled by `wire` (gr.Examples wires a click)
                 with section("Mask tools: points, brush, candidates, edge, mask files", "mask-tools"):
                     # The subject's row: an automatic "find the subject" button belongs at its front.
                     with gr.Row(elem_id="subject-row"):
@@ -305,15 +311,6 @@ def build_layout(settings: Settings) -> Page:
                     w["files"] = gr.File(label="Download (PNG)", file_count="multiple", elem_id="downloads",
                                          interactive=False, height=100, scale=2, min_width=200)
                 w["notices"] = gr.Markdown(elem_id="notices")
-        with examples_slot:
-            # Photos that ship with the project (examples/README.md: licences), each with its mask,
-            # so the first try needs no model: pick one, press Generate.
-            w["examples"] = gr.Examples(
-                [[str(EXAMPLES / f"{name}.jpg"), str(EXAMPLES / f"{name}-mask.png"), background, keyword]
-                 for name, _, background, keyword in EXAMPLE_PHOTOS],
-                inputs=[w["photo"], w["mask_upload"], w["background"], w["keyword"]],
-                example_labels=[label for _, label, *_ in EXAMPLE_PHOTOS], label="Try an example (photo and mask)",
-                api_visibility="private")
     return Page(demo=demo, **w)
 
 
@@ -565,7 +562,16 @@ def wire(page: Page, on: Handlers) -> None:
         p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
                        concurrency_limit=None, api_visibility=PAGE_ONLY).then(
             on.mood, [p.state, p.mood], [p.mood, p.notices], concurrency_limit=None, api_visibility=PAGE_ONLY)
-        p.examples.load_input_event.then(
+        with p.examples:
+            # Photos that ship with the project (examples/README.md: licences), each with its mask,
+            # so the first try needs no model: pick one, press Generate.
+            examples = gr.Examples(
+                [[str(EXAMPLES / f"{name}.jpg"), str(EXAMPLES / f"{name}-mask.png"), background, keyword]
+                 for name, _, background, keyword in EXAMPLE_PHOTOS],
+                inputs=[p.photo, p.mask_upload, p.background, p.keyword],
+                example_labels=[label for _, label, *_ in EXAMPLE_PHOTOS], label="Try an example (photo and mask)",
+                api_visibility=PAGE_ONLY)
+        examples.load_input_event.then(
             on.example, [p.photo, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate, p.mood, p.notices],
             api_visibility=PAGE_ONLY)
         p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],

@@ -64,7 +64,7 @@ def _set_slider(page, selector, value):
 
 def _open(page, section):
     """Open one of the page's sections (shut at load) by its id, unless it is open."""
-    page.wait_for_function("() => !!document.querySelector('.shut-at-load')", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.sectionsShut === 'yes'", timeout=60_000)  # at load
     header = page.locator(f"#{section} > button.label-wrap")
     if "open" not in (header.get_attribute("class") or ""):
         header.click()
