@@ -86,14 +86,15 @@ def _edit(page, url, photo_path, tmp_path, name):
 
 def _upload_and_click(page, photo_path, tmp_path, name):
     """Upload the photo and click its middle (the disk); returns once the preview shows the mask."""
+    _open(page, "mask-tools")  # where SAM's candidates show
     page.locator("#photo input[type=file]").set_input_files(str(photo_path))
     page.get_by_text("Click the subject.").wait_for(timeout=60_000)  # the upload was processed
-    _open(page, "mask-tools")  # where SAM's candidates show
     before = _photo_src(page)
     candidates = page.get_by_text("1 (score")
     for attempt in range(2):
         # A click that lands while Gradio is still re-rendering the just-uploaded image is dropped by
         # the browser (seen only on a loaded machine); a person clicks again, and so does this test.
+        page.locator("#photo img").first.scroll_into_view_if_needed()  # opening Mask tools may have scrolled
         box = page.locator("#photo img").first.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the disk (the subject)
         try:
