@@ -387,7 +387,7 @@ def test_the_result_shows_in_view_with_one_progress_bar_and_values_set_as_sectio
     page.locator("#generate").click()
     page.locator("#result img").first.wait_for(timeout=180_000)
     page.evaluate("() => window.scrollTo(0, 0)")  # where a person looks after pressing Generate
-    _screenshot(page, tmp_path, "page-result-1366x768.png")
+    page.screenshot(path=str(tmp_path / "result.png"))
     result = _box(page, "#result img")
     assert _in_view(result, LAPTOP) and result["width"] > 200, result
     assert _in_view(_box(page, "#downloads"), LAPTOP)
@@ -415,3 +415,5 @@ def test_an_example_gives_a_plain_background_in_one_click_and_generate(app_url, 
     inside = ndimage.binary_erosion(mask == 255, iterations=16)  # the background, beyond the matte band
     assert inside.mean() > 0.3 and (result[inside] == 255).all()  # white where the mask repaints
     assert read_parameters(saved)["Background"] == "color #ffffff"
+    page.evaluate("() => window.scrollTo(0, 0)")
+    _screenshot(page, tmp_path, "page-example-1366x768.png")
