@@ -248,7 +248,8 @@ def build_layout(settings: Settings) -> Page:
                                                      interactive=False, height=120)
                 with section("Background and canvas: colour, picture, blur, larger frame", "background-canvas"):
                     w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background",
-                                               elem_id="background", info="all but generate need no keyword and no SDXL")
+                                               elem_id="background",
+                                               info="all but generate need no keyword and no SDXL")
                     with gr.Row():
                         w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
                         w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
@@ -260,7 +261,8 @@ def build_layout(settings: Settings) -> Page:
                     with gr.Row():
                         w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080",
                                                       elem_id="canvas-size")
-                        w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas", elem_id="place")
+                        w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas",
+                                              elem_id="place")
                 with section("Prompt and mood: what LLaVA read, what Llama 2 writes", "prompt-mood"):
                     w["mood"] = gr.Textbox(label="Mood", placeholder="filled by LLaVA after upload; editable",
                                            elem_id="mood")
@@ -276,11 +278,12 @@ def build_layout(settings: Settings) -> Page:
                         w["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
                         w["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
                     with gr.Row():
-                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1, elem_id="seed")
+                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1,
+                                              elem_id="seed")
                         w["random_seed"] = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
                     with gr.Row():
-                        w["fast"] = gr.Dropdown([("Off", "off")] + [(p.label, name) for name, p in FAST_PRESETS.items()],
-                                                value="off", label="Fast", elem_id="fast",
+                        presets = [(p.label, name) for name, p in FAST_PRESETS.items()]
+                        w["fast"] = gr.Dropdown([("Off", "off"), *presets], value="off", label="Fast", elem_id="fast",
                                                 info="a few-step LoRA: sets its own steps, guidance and sampler")
                         w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler",
                                                      elem_id="scheduler")
@@ -572,8 +575,8 @@ def wire(page: Page, on: Handlers) -> None:
                 example_labels=[label for _, label, *_ in EXAMPLE_PHOTOS], label="Try an example (photo and mask)",
                 api_visibility=PAGE_ONLY)
         examples.load_input_event.then(
-            on.example, [p.photo, p.mask_upload, p.mask_invert, p.grow], [p.state, p.photo, p.candidate, p.mood, p.notices],
-            api_visibility=PAGE_ONLY)
+            on.example, [p.photo, p.mask_upload, p.mask_invert, p.grow],
+            [p.state, p.photo, p.candidate, p.mood, p.notices], api_visibility=PAGE_ONLY)
         p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],
                       api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
