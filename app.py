@@ -49,7 +49,18 @@ MASK_HELP = ("A black-and-white image the photo's size. **White = repaint, black
 # it and, on release, sent as JSON to the hidden #stroke box; the click that ends a drag does not
 # reach SAM. Coordinates are the preview's own pixels, as Gradio's select event gives them (the img
 # is centred, object-fit contain or scale-down). Handed to `launch(js=...)`: one arrow function.
+# Not Gradio 6's gr.ImageEditor, though its brush would do (measured on 6.31 in headless Chromium:
+# a stroke comes back as a layer at the background's size with alpha only 0 or 255, so exact).
+# The photo here is also SAM's click target, and its preview is replaced after every click and
+# every stroke; setting an ImageEditor's value clears its layers, and its own tools (brush,
+# eraser, pan, zoom, layers) take the press that is a SAM click on this page. Switching means
+# turning each layer change into `PageState.strokes` and giving clicks a tool of their own.
 BRUSH_JS = Path(__file__).parent / "app_brush.js"
+EXAMPLES = Path(__file__).parent / "examples"
+# (file name, label, Background, keyword): plain backgrounds first, as they need no model at all.
+EXAMPLE_PHOTOS = (("astronaut", "Astronaut on white", "colour", ""),
+                  ("chelsea", "Cat, background blurred", "blur", ""),
+                  ("coffee", "Coffee on marble (SDXL)", "generate", "marble counter"))
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -110,11 +121,13 @@ class Page:
     prompt_2: gr.Textbox  # read-only: what the second text encoder read in the last edit
     scheduler: gr.Dropdown
     notices: gr.Markdown
-    gallery: gr.Gallery
+    best: gr.Image  # the result picked (at first the best), large
+    gallery: gr.Gallery  # every candidate, best first, as thumbnails
     before_after: gr.ImageSlider
     files: gr.File
     status: gr.Markdown
     pull: gr.Button
+    examples: gr.Column  # where `wire` puts the example photos (Handlers.example)
 
     def form(self) -> dict:
         """The widgets Generate reads, by `GenerateForm` field name."""
@@ -132,8 +145,33 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
     photo.preprocess = lambda payload: None if payload is None else payload.path
 
 
+# The page's sections (mask tools, background and canvas, prompt, advanced) are built open and shut
+# by the page's load event. Gradio 6 mounts a closed accordion's widgets only when it is first
+# opened and re-applies their starting values a frame later: a value set in that frame (a slider
+# moved at once, easily hit on a busy machine) snapped back unseen, and Generate read the old one.
+# Built open, every widget is mounted at load, and opening a section later only shows it.
+SECTION_CLASS = "shut-at-load"
+SHUT_SECTIONS_JS = (f"() => {{ document.querySelectorAll('.{SECTION_CLASS} > button.label-wrap.open')"
+                    ".forEach((b) => b.click()); document.body.dataset.sectionsShut = 'yes'; }")
+# The status lines compact at the top; the candidates as a strip of thumbnails (Gradio 6's gallery
+# stretches a lone item to the full width, whatever `columns` says).
+CSS = """
+#status { font-size: 0.9em; } #status ul { margin: 0; } #status li { margin: 0; }
+#title h1 { margin: 0; font-size: 1.5em; } #title p { margin: 0; }
+#candidates-strip .grid-container { grid-template-columns: repeat(auto-fill, 96px) !important;
+                                    grid-auto-rows: 72px !important; }
+#candidates-strip .thumbnail-item { width: 96px; height: 72px; }
+"""
+
+
 def build_layout(settings: Settings) -> Page:
-    """Place the widgets; no event is wired here."""
+    """Place the widgets; no event is wired here.
+
+    The first view (1366x768 without scrolling) holds what an edit needs: the photo, the background
+    keyword, the safety slider, Generate and the result with its download; what is missing to run
+    (SAM, Ollama, SDXL) stands above them, one line each. Everything else is in named sections
+    under Generate, shut at load (`SECTION_CLASS`).
+    """
     from pipelines.canvas import PLACES
     from pipelines.compositing import EDGE_MODES
     from pipelines.few_step import FAST_PRESETS
@@ -141,110 +179,144 @@ def build_layout(settings: Settings) -> Page:
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
     w = {}
+
+    def section(title: str, elem_id: str) -> gr.Accordion:
+        return gr.Accordion(title, open=True, elem_id=elem_id, elem_classes=[SECTION_CLASS])
+
     # Every preview and served result is a file in Gradio's cache: checked hourly, a file older than
     # `cache_hours` goes (a page open that long shows broken images; its saved photos are kept).
     hours = settings.cache_hours * 3600
     with gr.Blocks(title="Backdrop", delete_cache=(min(3600, hours), hours)) as demo:
         w["state"], w["results"] = gr.State(PageState()), gr.State([])
-        gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                w["photo"] = gr.Image(label="Photo", type="filepath", sources=["upload", "clipboard"],
-                                      elem_id="photo", height=560)
+        with gr.Row(equal_height=False):
+            gr.Markdown("# Backdrop\nUpload a photo, click the subject, say what the new background should be.",
+                        elem_id="title")
+            # What works and what is missing, one line each with its fix (filled at load).
+            w["status"] = gr.Markdown(elem_id="status", min_width=300)
+            w["pull"] = gr.Button("Pull missing Ollama models", size="sm", elem_id="pull", scale=0, min_width=200,
+                                visible=False)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                # PNG, not Gradio's default lossy WebP: the preview shows the mask's edge as it is.
+                w["photo"] = gr.Image(label="Photo (drop one, then click the subject)", type="filepath",
+                                      sources=["upload", "clipboard"], elem_id="photo", height=340, format="png")
                 _hand_upload_to_our_loader(w["photo"])
                 with gr.Row():
-                    w["click_label"] = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")
-                    w["undo"] = gr.Button("Undo last point", size="sm")
-                    w["clear"] = gr.Button("Clear points", size="sm")
-                    w["find_subject"] = gr.Button("Find subject", size="sm", elem_id="find-subject")
+                    w["keyword"] = gr.Textbox(label="Background keyword", elem_id="keyword",
+                                              placeholder="forest, galaxy, 비 오는 밤거리 ...", min_width=160)
+                    w["safety"] = gr.Slider(min_level, len(SAFETY_LEVELS) - 1, value=min_level, step=1,
+                                            label="Safety", elem_id="safety", min_width=160)
+                w["safety_info"] = gr.Markdown(safety_markdown(min_level), elem_id="safety-info")
                 with gr.Row():
-                    # interactive=True: no event reads them (the brush script does), and Gradio
-                    # renders an input that no event reads as read-only.
-                    w["brush"] = gr.Radio(["off", *BRUSHES], value="off", label="Brush (drag on the photo)",
-                                          elem_id="brush", interactive=True)
-                    w["brush_size"] = gr.Slider(2, 200, value=24, step=1, label="Brush size", elem_id="brush-size",
-                                                interactive=True)
-                    w["undo_stroke"] = gr.Button("Undo stroke", size="sm", elem_id="undo-stroke")
-                    w["clear_strokes"] = gr.Button("Clear strokes", size="sm")
+                    w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+                    w["cancel"] = gr.Button("Cancel", elem_id="cancel", scale=1)
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
-                w["candidate"] = gr.Radio([], label="Mask candidate", type="value")
-                with gr.Row():
-                    w["grow"] = gr.Slider(-32, 32, value=0, step=1, label="Grow / shrink")
-                    w["feather"] = gr.Slider(0, 32, value=4, step=1, label="Feather")
-                with gr.Row():
-                    w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
-                    w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
-                                         info="matte: soft edges (hair) lose the old background")
-                w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background", elem_id="background",
-                                           info="all but generate need no keyword and no SDXL")
-                with gr.Row():
-                    w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
-                    w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
-                                                      type="filepath", elem_id="background-picture", height=120)
-                    w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)")
-                with gr.Row():
+                w["examples"] = gr.Column(elem_id="examples")  # filled by `wire` (gr.Examples wires a click)
+                with section("Mask tools: points, brush, candidates, edge, mask files", "mask-tools"):
+                    # The subject's row: an automatic "find the subject" button belongs at its front.
+                    with gr.Row(elem_id="subject-row"):
+                        w["find_subject"] = gr.Button("Find subject", size="sm", elem_id="find-subject")
+                        w["click_label"] = gr.Radio(["subject", "not subject"], value="subject", label="Click marks")
+                        w["undo"] = gr.Button("Undo last point", size="sm")
+                        w["clear"] = gr.Button("Clear points", size="sm")
+                    w["candidate"] = gr.Radio([], label="Mask candidate", type="value", elem_id="candidate")
+                    with gr.Row():
+                        # interactive=True: no event reads them (the brush script does), and Gradio
+                        # renders an input that no event reads as read-only.
+                        w["brush"] = gr.Radio(["off", *BRUSHES], value="off", label="Brush (drag on the photo)",
+                                              elem_id="brush", interactive=True)
+                        w["brush_size"] = gr.Slider(2, 200, value=24, step=1, label="Brush size",
+                                                    elem_id="brush-size", interactive=True)
+                    with gr.Row():
+                        w["undo_stroke"] = gr.Button("Undo stroke", size="sm", elem_id="undo-stroke")
+                        w["clear_strokes"] = gr.Button("Clear strokes", size="sm")
+                    with gr.Row():
+                        w["grow"] = gr.Slider(-32, 32, value=0, step=1, label="Grow / shrink", elem_id="grow")
+                        w["feather"] = gr.Slider(0, 32, value=4, step=1, label="Feather", elem_id="feather")
+                    with gr.Row():
+                        w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit",
+                                             elem_id="edit")
+                        w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
+                                             info="matte: soft edges (hair) lose the old background")
+                    with gr.Row():
+                        with gr.Column():
+                            w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"],
+                                                       type="filepath", elem_id="mask-upload", height=120)
+                            w["mask_invert"] = gr.Checkbox(False, label="Invert (white = subject)",
+                                                           elem_id="mask-invert")
+                            gr.Markdown(MASK_HELP)
+                        with gr.Column():
+                            w["mask_download"] = gr.Button("Mask as PNG", size="sm", elem_id="mask-download")
+                            w["mask_file"] = gr.File(label="Mask (white = repaint)", elem_id="mask-file",
+                                                     interactive=False, height=120)
+                with section("Background and canvas: colour, picture, blur, larger frame", "background-canvas"):
+                    w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background",
+                                               elem_id="background",
+                                               info="all but generate need no keyword and no SDXL")
+                    with gr.Row():
+                        w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
+                        w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
+                                                          type="filepath", elem_id="background-picture", height=120)
+                        w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)",
+                                                     elem_id="blur-radius")
                     w["canvas"] = gr.Radio(list(CANVASES), value="original", label="Canvas", elem_id="canvas",
                                            info="a larger frame; what the photo does not cover is repainted")
-                    w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080")
-                    w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas")
-                with gr.Row():
-                    with gr.Column():
-                        w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"], type="filepath",
-                                                   elem_id="mask-upload", height=120)
-                        w["mask_invert"] = gr.Checkbox(False, label="Invert (white = subject)", elem_id="mask-invert")
-                        gr.Markdown(MASK_HELP)
-                    with gr.Column():
-                        w["mask_download"] = gr.Button("Mask as PNG", size="sm", elem_id="mask-download")
-                        w["mask_file"] = gr.File(label="Mask (white = repaint)", elem_id="mask-file",
-                                                 interactive=False, height=120)
-            with gr.Column(scale=2):
-                w["mood"] = gr.Textbox(label="Mood", placeholder="filled by LLaVA after upload; editable")
-                w["keyword"] = gr.Textbox(label="Background keyword", elem_id="keyword",
-                                          placeholder="forest, galaxy, 비 오는 밤거리 ...")
-                w["write"] = gr.Button("Write prompt")
-                w["prompt"] = gr.Textbox(label="Prompt", lines=3,
-                                         placeholder="empty: written from the keyword and mood when you generate")
-                w["tokens"] = gr.Markdown(f"0 / {MAX_TOKENS} tokens", elem_id="tokens")
-                w["safety"] = gr.Slider(min_level, len(SAFETY_LEVELS) - 1, value=min_level, step=1,
-                                        label="Safety", info="Off, Hyp-Weak, Hyp-Medium, Hyp-Strong, Hyp-Max",
-                                        elem_id="safety")
-                w["safety_info"] = gr.Markdown(safety_markdown(min_level), elem_id="safety-info")
-                w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder")
-                w["fast"] = gr.Dropdown([("Off", "off")] + [(p.label, name) for name, p in FAST_PRESETS.items()],
-                                        value="off", label="Fast", elem_id="fast",
-                                        info="a few-step LoRA: sets its own steps, guidance and sampler")
-                with gr.Row():
-                    w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
-                    w["cancel"] = gr.Button("Cancel")
-                # Open from the start: Gradio renders a closed accordion's widgets only when it is
-                # first opened, and then re-applies their initial values a frame later, so a
-                # slider moved in that frame (easily hit on a busy machine) snapped back unseen.
-                with gr.Accordion("Advanced", open=True, elem_id="advanced"):
-                    w["concept"] = gr.Textbox(label="Safety concept",
-                                              placeholder="default: the SLD paper's concept list")
-                    w["steps"] = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
-                    w["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
-                    w["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
                     with gr.Row():
-                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1)
-                        w["random_seed"] = gr.Checkbox(True, label="Random seed")
-                    w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates")
-                    w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2)
-                    w["quality"] = gr.Textbox(quality_words(), label="Quality words", lines=2)
+                        w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080",
+                                                      elem_id="canvas-size")
+                        w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas",
+                                              elem_id="place")
+                with section("Prompt and mood: what LLaVA read, what Llama 2 writes", "prompt-mood"):
+                    w["mood"] = gr.Textbox(label="Mood", placeholder="filled by LLaVA after upload; editable",
+                                           elem_id="mood")
+                    w["write"] = gr.Button("Write prompt", size="sm")
+                    w["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                             placeholder="empty: written from the keyword and mood when you generate")
+                    w["tokens"] = gr.Markdown(f"0 / {MAX_TOKENS} tokens", elem_id="tokens")
+                with section("Advanced: steps, seed, candidates, sampler, safety concept, fast LoRA", "advanced"):
+                    with gr.Row():
+                        w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates", elem_id="candidates")
+                        w["steps"] = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
+                    with gr.Row():
+                        w["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                        w["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
+                    with gr.Row():
+                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1,
+                                              elem_id="seed")
+                        w["random_seed"] = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
+                    with gr.Row():
+                        presets = [(p.label, name) for name, p in FAST_PRESETS.items()]
+                        w["fast"] = gr.Dropdown([("Off", "off"), *presets], value="off", label="Fast", elem_id="fast",
+                                                info="a few-step LoRA: sets its own steps, guidance and sampler")
+                        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler",
+                                                     elem_id="scheduler")
+                        w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder", elem_id="erased")
+                    w["concept"] = gr.Textbox(label="Safety concept", elem_id="concept",
+                                              placeholder="default: the SLD paper's concept list")
+                    w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2,
+                                               elem_id="negative")
+                    w["quality"] = gr.Textbox(quality_words(), label="Quality words", lines=2, elem_id="quality")
                     w["prompt_2"] = gr.Textbox(label="Prompt 2 as used (the prompt, then the quality words that fit)",
                                                interactive=False, lines=2, elem_id="prompt-2")
-                    w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
-        w["notices"] = gr.Markdown(elem_id="notices")
-        with gr.Row():
-            w["gallery"] = gr.Gallery(label="Result", format="png", columns=4, height=360, elem_id="result",
-                                      interactive=False)
-            w["before_after"] = gr.ImageSlider(label="Before / after", type="pil", format="png",
-                                               interactive=False)
-        # An output only: without interactive=False Gradio draws an upload zone here.
-        w["files"] = gr.File(label="Download", file_count="multiple", elem_id="downloads", interactive=False)
-        with gr.Accordion("Status", open=False):
-            w["status"] = gr.Markdown(elem_id="status")
-            w["pull"] = gr.Button("Pull missing Ollama models", size="sm")
+            with gr.Column(scale=1, min_width=320, elem_id="result-area"):
+                with gr.Tabs(elem_id="result-tabs"):
+                    with gr.Tab("Result", elem_id="result-tab"):
+                        # The best candidate large (the edit's one progress bar shows here, naming
+                        # the stage and the step: Generate's show_progress_on), every candidate below.
+                        w["best"] = gr.Image(label="Result", format="png", type="filepath", interactive=False,
+                                             elem_id="result", height=340)
+                    with gr.Tab("Before / after", elem_id="before-after-tab"):
+                        w["before_after"] = gr.ImageSlider(label="Before / after (the result picked)", type="pil",
+                                                           format="png", interactive=False, elem_id="before-after",
+                                                           height=340)
+                with gr.Row(equal_height=True):
+                    w["gallery"] = gr.Gallery(label="Candidates, best first (pick one)", format="png",
+                                              columns=4, height=100, elem_id="candidates-strip", scale=3,
+                                              interactive=False, allow_preview=False, object_fit="contain")
+                    # An output only: without interactive=False Gradio draws an upload zone here.
+                    w["files"] = gr.File(label="Download (PNG)", file_count="multiple", elem_id="downloads",
+                                         interactive=False, height=100, scale=2, min_width=200)
+                w["notices"] = gr.Markdown(elem_id="notices")
     return Page(demo=demo, **w)
 
 
@@ -275,6 +347,13 @@ class Handlers:
             raise gr.Error(str(exc)) from exc
         state = PageState.for_photo(self.studio.add_photo(image), image)
         return state, state.display, _candidates(state), "", "Click the subject.", None
+
+    def example(self, path: str, mask: str | None, invert: bool, grow: int):
+        """-> state, photo, candidate, mood, notices after an example (a photo and its mask) was picked."""
+        state, display, candidates, mood, _, _ = self.upload(path)
+        if mask is not None:
+            state, display, candidates = self.use_mask(state, mask, invert, grow)
+        return state, display, candidates, mood, "Example loaded with its mask: press Generate."
 
     def mood(self, state: PageState, mood: str):
         """-> mood, notices, once LLaVA has read the photo (skipped when a mood was typed)."""
@@ -415,7 +494,7 @@ class Handlers:
         return f"{self.studio.count_tokens(prompt or '')} / {MAX_TOKENS} tokens"
 
     def generate(self, state: PageState, form: GenerateForm, session: str, progress: gr.Progress):
-        """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2."""
+        """-> gallery, before_after, files, prompt, seed, notices, mood, results, prompt_2, best."""
         from pipelines.downloads import format_progress
         from pipelines.errors import Cancelled, GpuOutOfMemory
 
@@ -442,7 +521,7 @@ class Handlers:
             result = self.studio.edit(request, session, on_progress)
         except Cancelled:
             gr.Warning("Cancelled.")
-            return (gr.skip(),) * 9
+            return (gr.skip(),) * 10
         except (ValueError, GpuOutOfMemory, RuntimeError, OSError) as exc:
             raise gr.Error(one_line(exc)) from exc
         # Images, seeds, scores and paths are aligned and best first; the safety check may have
@@ -451,24 +530,30 @@ class Handlers:
         gallery = list(zip(served, captions(result.seeds, result.scores)))
         first = (image, result.images[0]) if result.images else None
         return (gallery, first, served, result.prompt, result.seeds[0] if result.seeds else gr.skip(),
-                notices_markdown(result.notices), result.mood or gr.skip(), served, result.prompt_2)
+                notices_markdown(result.notices), result.mood or gr.skip(), served, result.prompt_2,
+                served[0] if served else None)
 
     def select_result(self, state: PageState, results: list[str], evt: gr.SelectData):
-        """-> before_after for the picked result."""
+        """-> best, before_after for the picked result."""
         if state.key is None or not results or evt.index >= len(results):
-            return gr.skip()
-        return self.studio.image(state.key), Image.open(results[evt.index])
+            return gr.skip(), gr.skip()
+        return results[evt.index], (self.studio.image(state.key), Image.open(results[evt.index]))
 
     def cancel(self, request: gr.Request):
         if self.studio.cancel(request.session_hash):
             gr.Info("Stopping after the current step...")
 
     def load(self):
-        """-> status, erased choices."""
+        """-> status, erased choices, pull (shown only while Ollama runs without a model it needs)."""
         from pipelines.erasure import list_erased
+        from pipelines.prompting import OllamaUnavailable
 
         erased = ["none"] + list_erased(self.settings.erased_dir)
-        return self._status(), gr.Dropdown(choices=erased)
+        try:
+            missing = self.studio.client().missing_models((self.settings.vision_model, self.settings.text_model))
+        except OllamaUnavailable:  # not running: the status line says how to start it
+            missing = []
+        return self._status(), gr.Dropdown(choices=erased), gr.Button(visible=bool(missing))
 
     def pull(self, progress=gr.Progress()):
         """-> status, after pulling the Ollama models that are missing."""
@@ -498,6 +583,18 @@ def wire(page: Page, on: Handlers) -> None:
         p.photo.upload(on.upload, [p.photo], [p.state, p.photo, p.candidate, p.mood, p.notices, p.mask_upload],
                        concurrency_limit=None, api_visibility=PAGE_ONLY).then(
             on.mood, [p.state, p.mood], [p.mood, p.notices], concurrency_limit=None, api_visibility=PAGE_ONLY)
+        with p.examples:
+            # Photos that ship with the project (examples/README.md: licences), each with its mask,
+            # so the first try needs no model: pick one, press Generate.
+            examples = gr.Examples(
+                [[str(EXAMPLES / f"{name}.jpg"), str(EXAMPLES / f"{name}-mask.png"), background, keyword]
+                 for name, _, background, keyword in EXAMPLE_PHOTOS],
+                inputs=[p.photo, p.mask_upload, p.background, p.keyword],
+                example_labels=[label for _, label, *_ in EXAMPLE_PHOTOS], label="Try an example (photo and mask)",
+                api_visibility=PAGE_ONLY)
+        examples.load_input_event.then(
+            on.example, [p.photo, p.mask_upload, p.mask_invert, p.grow],
+            [p.state, p.photo, p.candidate, p.mood, p.notices], api_visibility=PAGE_ONLY)
         p.photo.clear(lambda: (PageState(), _candidates(PageState())), None, [p.state, p.candidate],
                       api_visibility=PAGE_ONLY)
         p.photo.select(on.click, [p.state, p.click_label, p.candidate, p.grow],
@@ -526,9 +623,13 @@ def wire(page: Page, on: Handlers) -> None:
                               api_visibility=PAGE_ONLY)
         p.write.click(on.write_prompt, [p.keyword, p.mood], [p.prompt, p.notices], concurrency_limit=4,
                       api_visibility=PAGE_ONLY)
-        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False, api_visibility=PAGE_ONLY)
-        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False, api_visibility=PAGE_ONLY)
-        p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False, api_visibility=PAGE_ONLY)
+        # Instant side effects: no progress of their own (Generate's edit sets the prompt, too).
+        p.prompt.change(on.tokens, [p.prompt], [p.tokens], queue=False, api_visibility=PAGE_ONLY,
+                        show_progress="hidden")
+        p.safety.change(safety_markdown, [p.safety], [p.safety_info], queue=False, api_visibility=PAGE_ONLY,
+                        show_progress="hidden")
+        p.safety.change(on.guidance, [p.safety, p.guidance], [p.guidance], queue=False, api_visibility=PAGE_ONLY,
+                        show_progress="hidden")
 
         form = p.form()
 
@@ -539,11 +640,15 @@ def wire(page: Page, on: Handlers) -> None:
 
         p.generate.click(on_generate, {p.state, *form.values()},
                          [p.gallery, p.before_after, p.files, p.prompt, p.seed, p.notices, p.mood, p.results,
-                          p.prompt_2],
-                         concurrency_id="gpu", concurrency_limit=1, api_visibility=PAGE_ONLY)
+                          p.prompt_2, p.best],
+                         concurrency_id="gpu", concurrency_limit=1, api_visibility=PAGE_ONLY,
+                         # One progress bar for the edit, over the result, naming stage and step
+                         # (by default each of the nine outputs showed its own).
+                         show_progress_on=[p.best])
         p.cancel.click(on.cancel, None, None, queue=False, api_visibility=PAGE_ONLY)
-        p.gallery.select(on.select_result, [p.state, p.results], [p.before_after], api_visibility=PAGE_ONLY)
-        p.demo.load(on.load, None, [p.status, p.erased], api_visibility=PAGE_ONLY)
+        p.gallery.select(on.select_result, [p.state, p.results], [p.best, p.before_after], api_visibility=PAGE_ONLY)
+        p.demo.load(None, None, None, js=SHUT_SECTIONS_JS, api_visibility=PAGE_ONLY)
+        p.demo.load(on.load, None, [p.status, p.erased, p.pull], api_visibility=PAGE_ONLY, show_progress="hidden")
         p.pull.click(on.pull, None, [p.status], concurrency_limit=1, api_visibility=PAGE_ONLY)
 
 
@@ -600,7 +705,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     # through Gradio's cache (see Handlers.generate).
     demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
                 share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                js=BRUSH_JS.read_text(encoding="utf-8"), mcp_server=args.mcp)
+                js=BRUSH_JS.read_text(encoding="utf-8"), css=CSS, mcp_server=args.mcp)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ def _set_slider(page, selector, value):
                            timeout=30_000)
 
 
+def _open(page, section):
+    """Open one of the page's sections (shut at load) by its id, unless it is open."""
+    page.wait_for_function("() => document.body.dataset.sectionsShut === 'yes'", timeout=60_000)  # at load
+    header = page.locator(f"#{section} > button.label-wrap")
+    if "open" not in (header.get_attribute("class") or ""):
+        header.click()
+    page.wait_for_function(f"() => document.querySelector('#{section} > button.label-wrap.open')", timeout=30_000)
+
+
 def _edit(page, url, photo_path, tmp_path, name):
     """Upload, click, keyword, Hyp-Strong, 3 steps; returns once generation was started."""
     if url is not None:
@@ -70,12 +79,14 @@ def _edit(page, url, photo_path, tmp_path, name):
     page.locator("#keyword textarea").fill("forest")
     _set_slider(page, "#safety", "3")
     page.get_by_text("Hyp-Strong: warm-up").wait_for(timeout=10_000)
+    _open(page, "advanced")
     _set_slider(page, "#steps", "3")
     page.locator("#generate").click()
 
 
 def _upload_and_click(page, photo_path, tmp_path, name):
     """Upload the photo and click its middle (the disk); returns once the preview shows the mask."""
+    _open(page, "mask-tools")  # where SAM's candidates show
     page.locator("#photo input[type=file]").set_input_files(str(photo_path))
     page.get_by_text("Click the subject.").wait_for(timeout=60_000)  # the upload was processed
     before = _photo_src(page)
@@ -83,6 +94,7 @@ def _upload_and_click(page, photo_path, tmp_path, name):
     for attempt in range(2):
         # A click that lands while Gradio is still re-rendering the just-uploaded image is dropped by
         # the browser (seen only on a loaded machine); a person clicks again, and so does this test.
+        page.locator("#photo img").first.scroll_into_view_if_needed()  # opening Mask tools may have scrolled
         box = page.locator("#photo img").first.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the disk (the subject)
         try:
@@ -258,6 +270,7 @@ def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, t
     # A white background on a square canvas with the hard edge: no model, exact pixels. The photo
     # sits in the middle of a 160x160 frame; where the mask repaints, and all around, it is white.
     page.locator("#edge").get_by_text("hard").click()
+    _open(page, "background-canvas")
     page.locator("#background").get_by_text("colour").click()
     page.locator("#canvas").get_by_text("1:1").click()
     page.locator("#generate").click()
@@ -268,3 +281,140 @@ def test_brush_strokes_edit_the_mask_and_masks_go_in_and_out(app_url, browser, t
     params = read_parameters(saved)
     assert params["Background"] == "color #ffffff" and params["Edge"] == "hard"
     assert params["Canvas"] == "160x160, photo at 0,20 (center)"
+
+
+# --- the first view, the result where the eye is (issue 23) ---------------------------------------
+
+LAPTOP, PHONE = (1366, 768), (390, 844)
+# The controls a person can see and use at first load: Gradio blocks holding an input or a button
+# and no such block inside (a shut section counts once, as its title), and the buttons and tabs
+# outside any block (Generate, Cancel, the tabs, ...); not Gradio's own footer.
+VISIBLE_CONTROLS = """() => {
+  const seen = (e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const live = (e) => seen(e) && e.querySelector('input:not([type=hidden]), button, textarea, select');
+  const blocks = [...document.querySelectorAll('.block')].filter(live);
+  const leaves = blocks.filter((b) => !blocks.some((c) => c !== b && b.contains(c)));
+  const buttons = [...document.querySelectorAll('button')].filter((b) => seen(b) && !b.closest('.block, footer'));
+  const names = new Set(buttons.map((b) => b.textContent.trim()));  // Gradio draws each tab's button twice
+  return [...leaves.map((b) => b.id || b.querySelector('label, button')?.textContent.trim().slice(0, 30)),
+          ...names]; }"""
+SECTIONS_SHUT = ("() => document.body.dataset.sectionsShut === 'yes' && document.querySelectorAll('.shut-at-load')"
+                 ".length === 4 && !document.querySelector('.shut-at-load > button.label-wrap.open')")
+
+
+def _sized_page(browser, size):
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+    context.add_init_script(SLOW_FRAMES)
+    return context.new_page()
+
+
+def _box(page, selector):
+    return page.locator(selector).first.bounding_box()
+
+
+def _in_view(box, size) -> bool:
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size[0] + 1
+            and box["y"] + box["height"] <= size[1] + 1)
+
+
+def _screenshot(page, tmp_path, name):
+    """Into tmp_path, and into BACKDROP_SCREENSHOTS (a folder, e.g. docs) when set."""
+    import os
+
+    page.screenshot(path=str(tmp_path / name))
+    if folder := os.environ.get("BACKDROP_SCREENSHOTS"):
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def _first_load(browser, app_url, size):
+    page = _sized_page(browser, size)
+    page.goto(app_url)
+    page.wait_for_function(SECTIONS_SHUT, timeout=60_000)
+    page.locator("#status li").first.wait_for(timeout=60_000)  # the status lines came
+    return page
+
+
+FIRST_VIEW = ("#photo", "#keyword", "#safety", "#generate", "#result", "#status")
+
+
+def test_the_first_view_holds_photo_keyword_safety_generate_and_result(app_url, browser, tmp_path):
+    page = _first_load(browser, app_url, LAPTOP)
+    boxes = {s: _box(page, s) for s in FIRST_VIEW}
+    assert all(_in_view(box, LAPTOP) for box in boxes.values()), boxes
+    assert boxes["#result"]["x"] >= boxes["#photo"]["x"] + boxes["#photo"]["width"] - 1  # beside the photo
+    assert boxes["#status"]["y"] < boxes["#photo"]["y"]  # what is missing stands above
+    assert _in_view(_box(page, "#before-after-tab-button"), LAPTOP)  # the before / after slider, one click
+    controls = page.evaluate(VISIBLE_CONTROLS)
+    assert len(controls) <= 12, controls
+    for section in ("Mask tools", "Background and canvas", "Prompt and mood", "Advanced"):
+        assert page.locator(".shut-at-load > button.label-wrap").filter(has_text=section).count() == 1
+    _screenshot(page, tmp_path, "page-1366x768.png")
+
+    # On a phone: one column in the order of the work, Generate on the first screen.
+    page = _first_load(browser, app_url, PHONE)
+    boxes = {s: _box(page, s) for s in FIRST_VIEW}
+    tops = [boxes[s]["y"] for s in ("#status", "#photo", "#keyword", "#safety", "#generate", "#result")]
+    assert tops == sorted(tops), boxes
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= PHONE[0] + 1 for box in boxes.values()), boxes
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE[0]  # no sideways scrolling
+    assert boxes["#generate"]["y"] + boxes["#generate"]["height"] <= PHONE[1], boxes["#generate"]
+    _screenshot(page, tmp_path, "page-390x844.png")
+
+
+# Every 50 ms while an edit runs, which of Gradio's progress indicators are showing and what they say.
+RECORD_PROGRESS = """() => { window.shown = [];
+  setInterval(() => window.shown.push([...document.querySelectorAll('[data-testid=status-tracker]')]
+    .filter((t) => !t.classList.contains('hide') && t.getBoundingClientRect().height > 0 && t.textContent.trim())
+    .map((t) => [t.closest('[id]')?.id ?? '', t.textContent.trim()])), 50); }"""
+
+
+def test_the_result_shows_in_view_with_one_progress_bar_and_values_set_as_sections_open(app_url, browser, tmp_path):
+    """At 1366x768: Generate's one progress bar names the stage over the result, and the result
+    lands in view. Values set the moment a section opens reach the edit (Gradio once reset them)."""
+    photo = tmp_path / "photo.png"
+    make_photo(160, 120).save(photo)
+    page = _first_load(browser, app_url, LAPTOP)
+    _upload_and_click(page, photo, tmp_path, "laptop")
+    page.locator("#keyword textarea").fill("forest")
+    for section, set_value in (
+            ("advanced", lambda: page.locator("#steps input[type=range]").fill("3")),
+            ("prompt-mood", lambda: page.locator("#prompt textarea").fill("a quiet pine forest")),
+            ("background-canvas", lambda: page.locator("#place").get_by_text("left").click())):
+        page.locator(f"#{section} > button.label-wrap").click()  # shut at first (checked by _first_load)
+        set_value()  # at once, in the frame after opening
+    page.locator("#canvas").get_by_text("16:9").click()  # makes "place" count: a wider frame
+    page.locator("#generate").scroll_into_view_if_needed()
+    page.evaluate(RECORD_PROGRESS)
+    page.locator("#generate").click()
+    page.locator("#result img").first.wait_for(timeout=180_000)
+    page.evaluate("() => window.scrollTo(0, 0)")  # where a person looks after pressing Generate
+    page.screenshot(path=str(tmp_path / "result.png"))
+    result = _box(page, "#result img")
+    assert _in_view(result, LAPTOP) and result["width"] > 200, result
+    assert _in_view(_box(page, "#downloads"), LAPTOP)
+    shown = [s for s in page.evaluate("() => window.shown") if s]
+    assert shown and max(len(s) for s in shown) == 1, shown  # one indicator at a time...
+    assert {where for s in shown for where, _ in s} == {"result"}, shown  # ... over the result
+    assert any("Generating: step" in text for s in shown for _, text in s), shown  # naming stage and step
+    saved = _download(page, tmp_path, "laptop")
+    params = read_parameters(saved)
+    assert params["Steps"] == "3" and params["Prompt"].startswith("a quiet pine forest"), params
+    assert params["Canvas"].endswith("(left)"), params
+
+
+def test_an_example_gives_a_plain_background_in_one_click_and_generate(app_url, browser, tmp_path):
+    page = _first_load(browser, app_url, LAPTOP)
+    page.locator("#examples").get_by_text("Astronaut on white").click()
+    page.get_by_text("Example loaded with its mask: press Generate.").wait_for(timeout=60_000)
+    page.locator("#generate").click()
+    saved = _download(page, tmp_path, "astronaut")
+    mask = np.asarray(Image.open(Path(__file__).parent.parent / "examples" / "astronaut-mask.png").convert("L"))
+    result = np.asarray(Image.open(saved).convert("RGB"))
+    assert result.shape[:2] == mask.shape == (512, 512)
+    from scipy import ndimage
+
+    inside = ndimage.binary_erosion(mask == 255, iterations=16)  # the background, beyond the matte band
+    assert inside.mean() > 0.3 and (result[inside] == 255).all()  # white where the mask repaints
+    assert read_parameters(saved)["Background"] == "color #ffffff"
+    page.evaluate("() => window.scrollTo(0, 0)")
+    _screenshot(page, tmp_path, "page-example-1366x768.png")

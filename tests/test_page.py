@@ -257,10 +257,12 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
     out = handlers.generate(state, form, "s", lambda *a, desc: stages.append(desc))
     assert out[0] == [("served/a.png", "seed 9 · score -0.100"), ("served/b.png", "seed 8 · score -0.200")]
     assert out[4] == 9 and studio.requests[0].edge == "hard" and stages == ["Running on the cluster"]
+    assert out[9] == "served/a.png"  # the best one large
     studio.result = EditResult(images=[], seeds=[], prompt="p", prompt_tokens=3, prompt_2="p2", prompt_2_tokens=4, mood="", negative_prompt="",
                                mask=blank, notices=["withheld"])
     out = handlers.generate(state, form, "s", lambda *a, desc: None)
     assert out[0] == [] and out[1] is None and out[3] == "p" and out[5] == "- withheld" and out[8] == "p2"
+    assert out[9] is None
     with pytest.raises(app.gr.Error, match="click the subject"):
         handlers.generate(PageState.for_photo("key", photo), form, "s", lambda *a, desc: None)
 
@@ -318,3 +320,76 @@ def test_background_and_canvas_choices_become_the_command_lines_values(tmp_path)
     small = dataclasses.replace(base, canvas="custom", canvas_size="100x100").to_request(state, photo)
     with pytest.raises(ValueError, match="the smallest that can is 160x120"):
         validate_request(small, Settings())
+
+
+# --- the page's layout: first view, sections, examples, status (issue 23) -------------------------
+
+def test_sections_are_mounted_at_load_and_shut_by_the_page_and_the_first_view_is_outside_them():
+    import app
+
+    settings = Settings()
+    page = app.build_layout(settings)
+    sections = [b for b in page.demo.blocks.values() if isinstance(b, app.gr.Accordion)]
+    assert len(sections) == 4
+    for section in sections:
+        # Built open, so Gradio mounts their widgets at load (a closed one resets them on first opening)...
+        assert section.open is True and app.SECTION_CLASS in section.elem_classes, section.label
+    for name in ("photo", "keyword", "safety", "generate", "best", "gallery", "files", "status"):
+        parent = getattr(page, name).parent
+        while parent is not None:
+            assert not isinstance(parent, app.gr.Accordion), name  # the first view is in no section
+            parent = parent.parent
+    app.wire(page, app.Handlers(settings, studio=None, publish=str))
+    # ... and the page's load event shuts them.
+    assert [fn for fn in page.demo.fns.values() if fn.js == app.SHUT_SECTIONS_JS and fn.fn is None]
+    # The edit's progress shows over the result only.
+    generate = next(fn for fn in page.demo.fns.values() if (page.generate._id, "click") in fn.targets)
+    assert [block._id for block in generate.show_progress_on] == [page.best._id]
+
+
+def test_an_example_loads_its_photo_and_mask_and_the_pull_button_shows_only_when_a_model_is_missing():
+    import app
+    from pipelines.prompting import OllamaUnavailable
+
+    class Client:
+        missing: list | Exception = []
+
+        def missing_models(self, models):
+            if isinstance(self.missing, Exception):
+                raise self.missing
+            return self.missing
+
+    class Studio:
+        photos: dict = {}
+        client_ = Client()
+
+        def add_photo(self, image):
+            self.photos["k"] = image
+            return "k"
+
+        def image(self, key):
+            return self.photos[key]
+
+        def client(self):
+            return self.client_
+
+        def status_lines(self):
+            return ["SAM ok", "Ollama ok", "SDXL ok"]
+
+    studio = Studio()
+    handlers = app.Handlers(Settings(), studio, publish=str)
+    photo, mask = app.EXAMPLES / "astronaut.jpg", app.EXAMPLES / "astronaut-mask.png"
+    state, display, candidates, mood, notice = handlers.example(str(photo), str(mask), False, 0)
+    white = np.asarray(Image.open(mask).convert("L")) >= 128  # white = repaint
+    assert state.key == "k" and np.array_equal(state.uploaded, ~white) and state.has_subject
+    assert display.size == (512, 512) and notice == "Example loaded with its mask: press Generate."
+    for name, label, background, _ in app.EXAMPLE_PHOTOS:
+        assert (app.EXAMPLES / f"{name}.jpg").is_file() and (app.EXAMPLES / f"{name}-mask.png").is_file(), name
+    assert app.EXAMPLE_PHOTOS[0][2] != "generate"  # the first one needs no model
+
+    status, _, pull = handlers.load()
+    assert status == "- SAM ok\n- Ollama ok\n- SDXL ok" and pull.visible is False
+    studio.client_.missing = ["llava"]
+    assert handlers.load()[2].visible is True
+    studio.client_.missing = OllamaUnavailable("not running")
+    assert handlers.load()[2].visible is False  # nothing to pull into: the status line says start it
