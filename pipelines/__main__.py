@@ -147,10 +147,10 @@ def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
                                        "SDXL model setting; required for sd14)")
     add_arguments(erase)
 
-    from pipelines.downloads import add_download_arguments
 
     download = commands.add_parser("download", help="fetch the models now (SDXL, SAM, the subject model), to run offline later")
-    add_download_arguments(download)
+    download.add_argument("what", nargs="?", choices=("sdxl", "sam", "subject", "all"), default="all",
+                          help="which models to fetch (default: all)")
     add_arguments(download)
 
     # Listed for the help only: `main` hands `page ...` to app.py's own parser before this one reads it.
@@ -168,6 +168,20 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
     else:
         sys.stderr.write(f"{stage}...\n")
     sys.stderr.flush()
+
+
+def cmd_download(args, settings: Settings) -> int:
+    """`download [sdxl|sam|subject|all]`: fetch the models so later runs need no network."""
+    from pipelines.downloads import ensure_sam_checkpoint, sdxl_folder
+    from pipelines.subject import ensure_subject_model
+
+    if args.what in ("sam", "all"):
+        print(f"SAM: {ensure_sam_checkpoint(settings, force=True)}")
+    if args.what in ("subject", "all"):
+        print(f"subject model: {ensure_subject_model(settings, force=True)}")
+    if args.what in ("sdxl", "all"):
+        print(f"SDXL: {sdxl_folder(settings)}")
+    return 0
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
@@ -285,9 +299,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipelines") -> in
         if args.command == "erase":
             return cmd_erase(args, settings)
         if args.command == "download":
-            from pipelines.downloads import run_download
-
-            return run_download(args, settings)
+            return cmd_download(args, settings)
         if args.command == "batch":
             return cmd_batch(args, settings)
         return cmd_edit(args, settings)

@@ -439,25 +439,3 @@ def sdxl_missing(settings: Settings) -> str | None:
     size = f" ({format_size(_DEFAULT_SDXL_BYTES)})" if model == _DEFAULT_SDXL else ""
     return (f"SDXL {model} is not downloaded yet{size}: run `python -m pipelines download sdxl`, "
             "or it downloads on the first Generate")
-
-
-# ----------------------------------------------------------------------------------------------
-# The download command
-# ----------------------------------------------------------------------------------------------
-def add_download_arguments(parser) -> None:
-    parser.add_argument("what", nargs="?", choices=("sdxl", "sam", "subject", "all"), default="all",
-                        help="which models to fetch (default: all)")
-
-
-def run_download(args, settings: Settings) -> int:
-    """`python -m pipelines download [sdxl|sam|subject|all]`: fetch the models so later runs need no network."""
-    if args.what in ("sam", "all"):
-        path = ensure_sam_checkpoint(settings, force=True)
-        print(f"SAM: {path}")
-    if args.what in ("subject", "all"):
-        from .subject import ensure_subject_model
-
-        print(f"subject model: {ensure_subject_model(settings, force=True)}")
-    if args.what in ("sdxl", "all"):
-        print(f"SDXL: {sdxl_folder(settings)}")
-    return 0
