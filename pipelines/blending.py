@@ -43,6 +43,7 @@ from pipelines.prompting.weights import Fragment, parse_weights
 from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, perform_safety_guidance
 from pipelines.sdxl_models import SDXLComponents
 from pipelines.settings import SCHEDULERS  # ("euler", "dpmpp_2m")
+from pipelines.types import check_schedule
 
 # The samplers the few-step LoRAs need (pipelines/fast.py); they are chosen through a Fast preset.
 FEW_STEP_SAMPLERS = ("euler_trailing", "ddim_trailing", "lcm")
@@ -345,9 +346,7 @@ def blend(
     seeds = [int(seed) for seed in seeds]
     if not seeds:
         raise ValueError("seeds is empty: at least one candidate is needed")
-    executed_steps = min(int(num_inference_steps * strength), num_inference_steps)
-    if executed_steps < 1:
-        raise ValueError(f"strength {strength} too low for {num_inference_steps} steps: no step would run")
+    check_schedule(num_inference_steps, strength)
 
     try:
         return _blend(components, image, mask.astype(np.float32), prompt, prompt_2, negative_prompt,

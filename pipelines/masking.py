@@ -36,9 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from segment_anything.modeling import Sam
 
+# Why SAM is missing (no file, a failed download, auto-download off) is the caller's notice
+# (`sam_models.get_predictor`); this one only says what the masks are made with instead.
 GRABCUT_NOTICE = (f"No SAM checkpoint: masks come from GrabCut (rougher edges; put {SAM_CHECKPOINT_NAMES['vit_h']} "
-                  "in the checkpoint folder, BACKDROP_CHECKPOINT_DIR, default checkpoints/, or allow "
-                  "BACKDROP_SAM_AUTO_DOWNLOAD for Segment Anything masks)")
+                  "in the checkpoint folder, BACKDROP_CHECKPOINT_DIR, default checkpoints/, or run "
+                  "`python -m pipelines download sam` for Segment Anything masks)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,13 +206,12 @@ class MaskPredictor:
             A `MaskPrediction` with masks (3, H, W) bool at the photo's size, best score first.
 
         Raises:
-            ValueError: no positive point, a point outside the photo, or a mask_input of the wrong shape.
+            ValueError: a mask_input of the wrong shape (the points are checked by `predict_masks`).
         """
         import torch
         import torch.nn.functional as F
 
-        check_points(image, points)
-        key, emb = self._embedding(image)
+        key, emb = self._embedding(image)  # points: checked by predict_masks (or validate_request)
         # 1. Points into the encoder's input frame, as SamPredictor.predict does.
         coords = np.array([[p.x, p.y] for p in points], dtype=np.float64)
         coords = self.transform.apply_coords(coords, emb.original_size)
@@ -278,7 +279,7 @@ def check_points(image: Image.Image, points: list[ClickPoint]) -> None:
 
 
 def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskPredictor | None,
-                  mask_input: np.ndarray | None = None) -> MaskPrediction:
+                  mask_input: np.ndarray | None = None, *, checked: bool = False) -> MaskPrediction:
     """Candidate subject masks for the clicks: SAM when a predictor is given, else GrabCut.
 
     Args:
@@ -287,6 +288,8 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
         predictor: a `MaskPredictor`, or None to use the GrabCut fallback.
         mask_input: float (1, h, w) logits of the previous click's chosen candidate (SAM only;
             GrabCut ignores it).
+        checked: the points were checked already (`editing.validate_request`); the one check of
+            clicks is here otherwise: `MaskPredictor.predict` and `grabcut_mask` trust them.
 
     Returns:
         A `MaskPrediction`. With GrabCut, three identical candidates, scores 0, and a notice.
@@ -294,7 +297,8 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     Raises:
         ValueError: no positive point, or a point outside the photo.
     """
-    check_points(image, points)
+    if not checked:
+        check_points(image, points)
     if predictor is not None:
         return predictor.predict(image, points, mask_input=mask_input)
     subject = grabcut_mask(image, points)
@@ -349,7 +353,6 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     """
     import cv2
 
-    check_points(image, points)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
