@@ -105,7 +105,8 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
         if option.default is None:
             help_text = option.help + (f" (default: {option.unset})" if option.unset else "")
         else:
-            help_text = option.help + ("" if option.default in ("", False) else f" (default {option.default})")
+            shown = option.kind is not bool and option.default != ""
+            help_text = option.help + (f" (default {option.default})" if shown else "")
         if option.kind is bool:
             group.add_argument(*flags, dest=option.name, action="store_true", help=help_text)
             continue

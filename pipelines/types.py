@@ -162,7 +162,7 @@ class EditOption:
             text += f"; {low} to {high}" if high is not None else f"; at least {low}"
         if self.unset:
             text += f"; empty = {self.unset}"
-        elif self.default not in ("", False):
+        elif self.kind is not bool and self.default != "":
             text += f"; default {self.default}"
         return text + "."
 

@@ -69,7 +69,9 @@ def test_only_the_programs_endpoints_are_listed(client):
     edit = {p["parameter_name"]: p for p in api["named_endpoints"]["/edit"]["parameters"]}
     assert list(edit) == ["photo", "points", "mask", "keyword", "mood", "prompt", "negative_prompt", "safety",
                           "erased", "steps", "guidance", "strength", "seed", "candidates", "edge", "grow",
-                          "feather", "edit_subject", "background", "background_picture", "canvas", "place", "fast"]
+                          "feather", "edit_subject", "background", "background_picture", "canvas", "place", "fast",
+                          # issue 21: every option of the request reaches /edit, these four were missing
+                          "prompt_2", "sld_concept", "scheduler", "mask_candidate"]
     assert edit["steps"]["parameter_default"] == 30 and edit["edge"]["parameter_default"] == "matte"
     # The page's handlers are private: a client cannot call one.
     with pytest.raises(ValueError):
