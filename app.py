@@ -21,6 +21,7 @@ output folder itself is never served.
 # No `from __future__ import annotations` here: Gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request, gr.Progress) at run time to know what to pass them.
 import argparse
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -33,9 +34,12 @@ from PIL import Image
 import app_api
 from pipelines.errors import one_line
 from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
-                            guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
-                            safety_markdown, uploaded_subject)
-from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
+                            guidance_limits, mask_png, notices_markdown, preview, repaint_mask, safety_markdown,
+                            uploaded_subject)
+from pipelines.page import choices as option_choices
+from pipelines.page import slider as option_slider
+from pipelines.settings import SAFETY_LEVELS, Settings, add_arguments
+from pipelines.types import edit_option
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
           "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving",
@@ -132,8 +136,6 @@ def _hand_upload_to_our_loader(photo: gr.Image) -> None:
 
 def build_layout(settings: Settings) -> Page:
     """Place the widgets; no event is wired here."""
-    from pipelines.canvas import PLACES
-    from pipelines.compositing import EDGE_MODES
     from pipelines.fast import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
@@ -166,24 +168,24 @@ def build_layout(settings: Settings) -> Page:
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
                 w["candidate"] = gr.Radio([], label="Mask candidate", type="value")
                 with gr.Row():
-                    w["grow"] = gr.Slider(-32, 32, value=0, step=1, label="Grow / shrink")
-                    w["feather"] = gr.Slider(0, 32, value=4, step=1, label="Feather")
+                    w["grow"] = gr.Slider(**option_slider("grow"), label="Grow / shrink")
+                    w["feather"] = gr.Slider(**option_slider("feather"), label="Feather")
                 with gr.Row():
-                    w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit")
-                    w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
+                    w["edit"] = gr.Radio(["background", "subject"], value=GenerateForm.edit, label="Edit")
+                    w["edge"] = gr.Radio(**option_choices("edge"), label="Edge", elem_id="edge",
                                          info="matte: soft edges (hair) lose the old background")
-                w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background", elem_id="background",
+                w["background"] = gr.Radio(list(BACKGROUNDS), value=GenerateForm.background, label="Background", elem_id="background",
                                            info="all but generate need no keyword and no SDXL")
                 with gr.Row():
-                    w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
+                    w["background_color"] = gr.ColorPicker(GenerateForm.background_color, label="Colour", elem_id="background-color")
                     w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
                                                       type="filepath", elem_id="background-picture", height=120)
-                    w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)")
+                    w["blur_radius"] = gr.Slider(0, 200, value=GenerateForm.blur_radius, step=1, label="Blur radius (0 = from the size)")
                 with gr.Row():
-                    w["canvas"] = gr.Radio(list(CANVASES), value="original", label="Canvas", elem_id="canvas",
+                    w["canvas"] = gr.Radio(list(CANVASES), value=GenerateForm.canvas, label="Canvas", elem_id="canvas",
                                            info="a larger frame; what the photo does not cover is repainted")
                     w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080")
-                    w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas")
+                    w["place"] = gr.Radio(**option_choices("place"), label="Photo on the canvas")
                 with gr.Row():
                     with gr.Column():
                         w["mask_upload"] = gr.File(label="Mask (optional)", file_types=["image"], type="filepath",
@@ -206,9 +208,9 @@ def build_layout(settings: Settings) -> Page:
                                         label="Safety", info="Off, Hyp-Weak, Hyp-Medium, Hyp-Strong, Hyp-Max",
                                         elem_id="safety")
                 w["safety_info"] = gr.Markdown(safety_markdown(min_level), elem_id="safety-info")
-                w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder")
+                w["erased"] = gr.Dropdown([GenerateForm.erased], value=GenerateForm.erased, label="Erased encoder")
                 w["fast"] = gr.Dropdown([("Off", "off")] + [(p.label, name) for name, p in FAST_PRESETS.items()],
-                                        value="off", label="Fast", elem_id="fast",
+                                        value=GenerateForm.fast, label="Fast", elem_id="fast",
                                         info="a few-step LoRA: sets its own steps, guidance and sampler")
                 with gr.Row():
                     w["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -219,18 +221,19 @@ def build_layout(settings: Settings) -> Page:
                 with gr.Accordion("Advanced", open=True, elem_id="advanced"):
                     w["concept"] = gr.Textbox(label="Safety concept",
                                               placeholder="default: the SLD paper's concept list")
-                    w["steps"] = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
-                    w["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
-                    w["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
+                    w["steps"] = gr.Slider(**option_slider("num_inference_steps"), label="Steps", elem_id="steps")
+                    w["guidance"] = gr.Slider(**option_slider("guidance_scale"), label="Guidance")
+                    w["strength"] = gr.Slider(**option_slider("strength"), label="Strength")
                     with gr.Row():
-                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1)
-                        w["random_seed"] = gr.Checkbox(True, label="Random seed")
-                    w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates")
+                        low, high = edit_option("seed").range
+                        w["seed"] = gr.Number(GenerateForm.seed, label="Seed", precision=0, minimum=low, maximum=high)
+                        w["random_seed"] = gr.Checkbox(GenerateForm.random_seed, label="Random seed")
+                    w["candidates"] = gr.Slider(**option_slider("num_candidates"), label="Candidates")
                     w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2)
                     w["quality"] = gr.Textbox(quality_words(), label="Quality words", lines=2)
                     w["prompt_2"] = gr.Textbox(label="Prompt 2 as used (the prompt, then the quality words that fit)",
                                                interactive=False, lines=2, elem_id="prompt-2")
-                    w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
+                    w["scheduler"] = gr.Dropdown(**option_choices("scheduler"), label="Scheduler")
         w["notices"] = gr.Markdown(elem_id="notices")
         with gr.Row():
             w["gallery"] = gr.Gallery(label="Result", format="png", columns=4, height=360, elem_id="result",
@@ -539,6 +542,24 @@ def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     return page.demo
 
 
+class OurFlags:
+    """The console while the page runs: Gradio's hints name its `launch()` arguments, which a person
+    running `python app.py` cannot set; they get our flag instead. Everything else passes unchanged."""
+
+    HINTS = {"set `share=True` in `launch()`": "start Backdrop with --share"}
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for theirs, ours in self.HINTS.items():
+            text = text.replace(theirs, ours)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):  # flush, isatty, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Backdrop: change a photo's background in the browser.")
     parser.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
@@ -574,9 +595,10 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # No allowed_paths: the output folder is never served; each result reaches its own session
     # through Gradio's cache (see Handlers.generate).
-    demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
-                share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                js=BRUSH_JS.read_text(encoding="utf-8"), mcp_server=args.mcp)
+    with contextlib.redirect_stdout(OurFlags(sys.stdout)):
+        demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
+                    share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
+                    js=BRUSH_JS.read_text(encoding="utf-8"), mcp_server=args.mcp)
 
 
 if __name__ == "__main__":
