@@ -17,7 +17,7 @@ import gradio as gr
 from gradio import processing_utils
 
 from pipelines.errors import one_line
-from pipelines.types import edit_option, edit_options
+from pipelines.types import EditRequest, edit_option, edit_options
 
 
 def _file(data: dict | None) -> str | None:
@@ -44,13 +44,13 @@ _PICTURE = ("background_picture", gr.FileData | None, None,
             "a picture file to use as the background instead (scaled to cover the frame).")
 
 
-def _edit_parameters() -> list[tuple[str, object, object, str]]:
+def _edit_parameters(request_type: type = EditRequest) -> list[tuple[str, object, object, str]]:
     """(name, annotation, default, one-line doc) of /edit's parameters: the inputs, then every option
     of `EditRequest` (`types.edit_options`), the picture upload after `background`."""
     from pipelines.api import option_default
 
     parameters = list(_EDIT_INPUTS)
-    for option in edit_options():
+    for option in edit_options(request_type):
         annotation = option.kind | None if option.kind is not str and option_default(option) is None else option.kind
         parameters.append((option.name, annotation, option_default(option), option.describe()))
         if option.field == "background":
@@ -58,22 +58,28 @@ def _edit_parameters() -> list[tuple[str, object, object, str]]:
     return parameters
 
 
-EDIT_SIGNATURE = inspect.Signature([
-    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
-    for name, annotation, default, _ in _edit_parameters()])
-# Gradio reads one line per parameter (`gradio.utils.get_function_description`).
-EDIT_DOC = "\n".join([
-    "Change a photo's background (or its subject) and keep the rest pixel-exact.",
-    "Say where the subject is with points on it, or with a mask.",
-    "",
-    "Args:",
-    *(f"    {name}: {doc}" for name, _, _, doc in _edit_parameters()),
-    "",
-    "Returns:",
-    "    the edited images as PNG files, best first",
-    "    the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,",
-    "    prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety",
-])
+def edit_signature(request_type: type = EditRequest) -> inspect.Signature:
+    """/edit's signature, as Gradio reads it (names, annotations, defaults), from the request's options."""
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        for name, annotation, default, _ in _edit_parameters(request_type)])
+
+
+def edit_doc(request_type: type = EditRequest) -> str:
+    """/edit's docstring: the API docs and the MCP tool's description. Gradio reads one line per
+    parameter (`gradio.utils.get_function_description`)."""
+    return "\n".join([
+        "Change a photo's background (or its subject) and keep the rest pixel-exact.",
+        "Say where the subject is with points on it, or with a mask.",
+        "",
+        "Args:",
+        *(f"    {name}: {doc}" for name, _, _, doc in _edit_parameters(request_type)),
+        "",
+        "Returns:",
+        "    the edited images as PNG files, best first",
+        "    the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,",
+        "    prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety",
+    ])
 
 MASK_DOC = "\n".join([
     "The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.",
@@ -106,7 +112,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
     from pipelines import api
 
     def edit(*args, **kwargs) -> tuple[list[gr.FileData], dict]:
-        # The signature and docs Gradio reads are made from EditRequest's options (EDIT_SIGNATURE).
+        # The signature and docs Gradio reads are made from EditRequest's options (edit_signature).
         from pipelines.blending import Cancelled  # lazily: diffusers takes seconds to import
 
         values = edit.__signature__.bind(*args, **kwargs).arguments
@@ -123,12 +129,13 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
             raise gr.Error(one_line(exc)) from exc
         return [_served(publish(str(path))) for path in result.paths], record
 
-    edit.__signature__ = EDIT_SIGNATURE.replace(parameters=[
-        *EDIT_SIGNATURE.parameters.values(),
+    signature = edit_signature()
+    edit.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(),
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)])
     edit.__annotations__ = {**{p.name: p.annotation for p in edit.__signature__.parameters.values()},
                             "return": tuple[list[gr.FileData], dict]}
-    edit.__doc__ = EDIT_DOC
+    edit.__doc__ = edit_doc()
 
     def mask(photo: gr.FileData, points: str, candidate: int = 0,
              grow: int = edit_option("grow").default) -> tuple[gr.FileData, dict]:

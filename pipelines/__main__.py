@@ -95,12 +95,12 @@ def _canvas(text: str) -> str:
 _CLI_TYPES = {"canvas": _canvas}
 
 
-def add_request_options(parser: argparse.ArgumentParser) -> None:
+def add_request_options(parser: argparse.ArgumentParser, request_type: type | None = None) -> None:
     """The edit's options (everything but where the subject is), one flag each from `EditRequest`'s
     definition (`types.edit_options`): `edit` flags, `batch` defaults. A flag's dest is the option's
     short name, the manifest's column; the field's own name is accepted as a second flag."""
     group = parser.add_argument_group("the edit")
-    for option in edit_options():
+    for option in edit_options(*([request_type] if request_type else [])):
         flags = [option.flag] + ["--" + alias.replace("_", "-") for alias in option.aliases]
         if option.default is None:
             help_text = option.help + (f" (default: {option.unset})" if option.unset else "")

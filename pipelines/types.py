@@ -40,7 +40,7 @@ class ClickPoint:
             raise ValueError(f"point label must be 1 (subject) or 0 (not subject), got {self.label}")
 
 
-def _option(default: Any, help: str, *, name: str | None = None, choices: tuple[str, ...] | None = None,
+def option_field(default: Any, help: str, *, name: str | None = None, choices: tuple[str, ...] | None = None,
             range: tuple[float | None, float | None] | None = None, label: str | None = None,
             slider: tuple[float, float, float] | None = None, unset: str | None = None):
     """An edit option: one field of `EditRequest` and everything an entry point needs to offer it.
@@ -71,7 +71,7 @@ def _input(reason: str, **kwargs: Any):
 class EditRequest:
     """Everything one edit needs: `points`, a chosen `subject` or a repaint `mask` says where.
 
-    The one definition of an edit's options: each option field's metadata (`_option`) makes the
+    The one definition of an edit's options: each option field's metadata (`option_field`) makes the
     command line's `edit` and `batch` flags, `/edit`'s parameters and docs, the batch manifest's
     columns and the page's defaults, choices and slider ranges (`edit_options`). A new option is a new
     field here. The fields' order is `/edit`'s parameter order.
@@ -83,47 +83,47 @@ class EditRequest:
         default_factory=list)
     mask: np.ndarray | None = _input("a mask image file (--mask, /edit's mask, the manifest's mask)", default=None)
     subject: np.ndarray | None = _input("the subject as chosen on the page (clicks, candidates, brush)", default=None)
-    keyword: str = _option("", "what the new background should be, any language, e.g. \"forest\" or \"비 오는 밤거리\"")
-    mood: str | None = _option(None, "mood keywords for the prompt, e.g. \"calm, warm\"",
+    keyword: str = option_field("", "what the new background should be, any language, e.g. \"forest\" or \"비 오는 밤거리\"")
+    mood: str | None = option_field(None, "mood keywords for the prompt, e.g. \"calm, warm\"",
                                unset="LLaVA reads them from the photo")
-    prompt: str | None = _option(None, "the exact SDXL prompt", unset="Llama 2 writes it from keyword and mood")
-    negative_prompt: str | None = _option(None, "what to avoid", unset="Backdrop's default negative prompt "
+    prompt: str | None = option_field(None, "the exact SDXL prompt", unset="Llama 2 writes it from keyword and mood")
+    negative_prompt: str | None = option_field(None, "what to avoid", unset="Backdrop's default negative prompt "
                                           "(prompts/negative_prompt.txt)")
-    safety: str = _option("off", "Safe Latent Diffusion preset", choices=SAFETY_LEVELS, label="safety level",
+    safety: str = option_field("off", "Safe Latent Diffusion preset", choices=SAFETY_LEVELS, label="safety level",
                           unset="the lowest this server allows")
-    erased: str | None = _option(None, "name of concept-erased text encoders to use", unset="none")
-    num_inference_steps: int = _option(30, "diffusion steps", name="steps", range=(1, 200), slider=(1, 100, 1))
-    guidance_scale: float = _option(7.5, "classifier-free guidance scale (at least 1 with safety on)",
+    erased: str | None = option_field(None, "name of concept-erased text encoders to use", unset="none")
+    num_inference_steps: int = option_field(30, "diffusion steps", name="steps", range=(1, 200), slider=(1, 100, 1))
+    guidance_scale: float = option_field(7.5, "classifier-free guidance scale (at least 1 with safety on)",
                                     name="guidance", range=(0, 50), slider=(0, 20, 0.5))
-    strength: float = _option(1.0, "1.0 repaints from pure noise; lower keeps more of the old background's layout",
+    strength: float = option_field(1.0, "1.0 repaints from pure noise; lower keeps more of the old background's layout",
                               slider=(0.05, 1.0, 0.05))  # (0, 1]: checked by validate_request (open below)
-    seed: int | None = _option(None, "random seed of the first image (the others use seed+1, ...)",
+    seed: int | None = option_field(None, "random seed of the first image (the others use seed+1, ...)",
                                range=(0, 2**32 - 1), unset="random (reported)")
-    num_candidates: int = _option(1, "how many images to make; they come back best-scoring first",
+    num_candidates: int = option_field(1, "how many images to make; they come back best-scoring first",
                                   name="candidates", range=(1, 8), slider=(1, 4, 1))
-    edge: str = _option("matte", "how the kept part meets the new background (matte: alpha matting, no halo of the "
+    edge: str = option_field("matte", "how the kept part meets the new background (matte: alpha matting, no halo of the "
                         "old background; feather: a soft ramp outside the subject; hard: a binary cut)",
                         choices=EDGE_MODES)
-    grow: int = _option(0, "grow (>0) or shrink (<0) the subject by this many pixels", slider=(-32, 32, 1))
-    feather: int = _option(4, "soft seam width in pixels (feather edge); widens the matting band (matte edge)",
+    grow: int = option_field(0, "grow (>0) or shrink (<0) the subject by this many pixels", slider=(-32, 32, 1))
+    feather: int = option_field(4, "soft seam width in pixels (feather edge); widens the matting band (matte edge)",
                            range=(0, None), slider=(0, 32, 1))
-    edit_subject: bool = _option(False, "repaint the subject instead of the background")
-    background: str = _option(
+    edit_subject: bool = option_field(False, "repaint the subject instead of the background")
+    background: str = option_field(
         "generate", "generate (SDXL), transparent (RGBA PNG), a colour (\"white\", \"#1e90ff\", a CSS name), a "
         "picture file (scaled to cover) or blur / blur:RADIUS (the photo's own background); the plain kinds need no "
         "model, prompt or keyword")
-    canvas: str | None = _option(None, "a larger frame, \"WxH\" or a ratio \"16:9\" (the smallest of that shape "
+    canvas: str | None = option_field(None, "a larger frame, \"WxH\" or a ratio \"16:9\" (the smallest of that shape "
                                  "holding the photo); the photo is not scaled, the new area is painted too",
                                  unset="the photo's own size")
-    place: str = _option("center", "where the photo sits on the canvas", choices=PLACES)
-    fast: str | None = _option(None, "a few-step LoRA preset, which sets steps, guidance and sampler",
+    place: str = option_field("center", "where the photo sits on the canvas", choices=PLACES)
+    fast: str | None = option_field(None, "a few-step LoRA preset, which sets steps, guidance and sampler",
                                choices=tuple(FAST_PRESETS), label="fast preset", unset="the standard steps")
-    prompt_2: str | None = _option(None, "quality words the second text encoder reads after the scene",
+    prompt_2: str | None = option_field(None, "quality words the second text encoder reads after the scene",
                                    unset="Backdrop's default quality words")
-    sld_concept: str | None = _option(None, "what Safe Latent Diffusion steers away from",
+    sld_concept: str | None = option_field(None, "what Safe Latent Diffusion steers away from",
                                       unset="the paper's concept (prompts/sld_concept.txt)")
-    scheduler: str = _option("euler", "the sampler", choices=SCHEDULERS)
-    mask_candidate: int | None = _option(None, "which of SAM's three masks, 0 = the best-scoring",
+    scheduler: str = option_field("euler", "the sampler", choices=SCHEDULERS)
+    mask_candidate: int | None = option_field(None, "which of SAM's three masks, 0 = the best-scoring",
                                          range=(0, 2), unset="the best-scoring")
 
 
