@@ -132,9 +132,10 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
     signature = edit_signature()
     edit.__signature__ = signature.replace(parameters=[
         *signature.parameters.values(),
-        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)])
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)],
+        return_annotation=tuple[list[gr.FileData], dict])  # Gradio counts the outputs from it
     edit.__annotations__ = {**{p.name: p.annotation for p in edit.__signature__.parameters.values()},
-                            "return": tuple[list[gr.FileData], dict]}
+                            "return": edit.__signature__.return_annotation}
     edit.__doc__ = edit_doc()
 
     def mask(photo: gr.FileData, points: str, candidate: int = 0,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipelines.errors import one_line
 from pipelines.settings import Settings, add_arguments
-from pipelines.types import edit_options
+from pipelines.types import EditRequest, edit_options
 
 
 class _BadArguments(ValueError):
@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
         raise _BadArguments(message)
 
 
-# A value that starts with "-" and a digit is a value: argparse takes "-5,20" for an option.
+# argparse takes "-5,20" for an option (only plain negative numbers pass as values).
 _NEGATIVE = re.compile(r"^-\d")
 
 
@@ -45,7 +45,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     photo, with the photo's size) instead of argparse's "expected one argument"."""
     joined: list[str] = []
     for arg in argv:
-        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _NEGATIVE.match(arg):
+        if joined and joined[-1] == "--point" and _NEGATIVE.match(arg):
             joined[-1] = f"{joined[-1]}={arg}"
         else:
             joined.append(arg)
@@ -95,12 +95,12 @@ def _canvas(text: str) -> str:
 _CLI_TYPES = {"canvas": _canvas}
 
 
-def add_request_options(parser: argparse.ArgumentParser, request_type: type | None = None) -> None:
+def add_request_options(parser: argparse.ArgumentParser, request_type: type = EditRequest) -> None:
     """The edit's options (everything but where the subject is), one flag each from `EditRequest`'s
     definition (`types.edit_options`): `edit` flags, `batch` defaults. A flag's dest is the option's
     short name, the manifest's column; the field's own name is accepted as a second flag."""
     group = parser.add_argument_group("the edit")
-    for option in edit_options(*([request_type] if request_type else [])):
+    for option in edit_options(request_type):
         flags = [option.flag] + ["--" + alias.replace("_", "-") for alias in option.aliases]
         if option.default is None:
             help_text = option.help + (f" (default: {option.unset})" if option.unset else "")
@@ -189,7 +189,6 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.editing import result_record, run_edit
     from pipelines.images import load_image, load_mask
-    from pipelines.types import EditRequest
 
     image = load_image(args.image, settings.max_image_pixels)
     mask = load_mask(args.mask, image.size) if args.mask else None

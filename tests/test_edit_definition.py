@@ -155,3 +155,16 @@ def test_the_console_names_our_share_flag():
     print("* To create a public link, set `share=True` in `launch()`.", file=ours)
     assert stream.getvalue().splitlines() == ["* Running on local URL:  http://127.0.0.1:7860",
                                               "* To create a public link, start Backdrop with --share."]
+
+
+def test_gradio_builds_edit_from_the_generated_signature():
+    import gradio as gr
+
+    demo = gr.Blocks()
+    app_api.register_api(demo, None, lambda path: path)
+    endpoint = next(fn for fn in demo.fns.values() if fn.api_name == "edit")
+    assert len(endpoint.outputs) == 2  # the images and the record
+    listed = demo.get_api_info()["named_endpoints"]["/edit"]["parameters"]
+    assert [p["parameter_name"] for p in listed] == list(app_api.edit_signature().parameters)
+    seed = next(p for p in listed if p["parameter_name"] == "seed")
+    assert seed["parameter_default"] is None and seed["python_type"]["type"] == "None | int"
