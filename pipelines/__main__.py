@@ -27,8 +27,13 @@ from pipelines.settings import Settings, add_arguments
 from pipelines.types import EditRequest, edit_options
 
 
-class _BadArguments(ValueError):
-    """What argparse refused, reported by `main` like every other bad input."""
+class _BadArguments(SystemExit):
+    """What argparse refused: exit 2, and `main` reports the message like every other bad input
+    (one line on stderr, and the error object with `--json`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -292,7 +297,7 @@ def _run(argv: list[str]) -> tuple[int, str | None]:
     try:
         args = build_parser().parse_args(argv)
     except _BadArguments as exc:
-        return 2, str(exc)
+        return 2, exc.message
     try:
         if args.command == "presets":
             return cmd_presets(args), None
