@@ -21,6 +21,7 @@ output folder itself is never served.
 # No `from __future__ import annotations` here: Gradio reads the handlers' annotations
 # (gr.SelectData, gr.Request, gr.Progress) at run time to know what to pass them.
 import argparse
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -36,7 +37,10 @@ from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageSt
                             found_prediction,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
-from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
+from pipelines.page import choices as option_choices
+from pipelines.page import slider as option_slider
+from pipelines.settings import SAFETY_LEVELS, Settings, add_arguments
+from pipelines.types import edit_option
 
 STAGES = {"mask": "Masking", "mood": "Reading the mood (LLaVA)", "prompt": "Writing the prompt (Llama 2)",
           "download": "Downloading SDXL", "load": "Loading SDXL", "diffusion": "Generating", "save": "Saving",
@@ -172,8 +176,6 @@ def build_layout(settings: Settings) -> Page:
     (SAM, Ollama, SDXL) stands above them, one line each. Everything else is in named sections
     under Generate, shut at load (`SECTION_CLASS`).
     """
-    from pipelines.canvas import PLACES
-    from pipelines.compositing import EDGE_MODES
     from pipelines.few_step import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
@@ -231,12 +233,12 @@ def build_layout(settings: Settings) -> Page:
                         w["undo_stroke"] = gr.Button("Undo stroke", size="sm", elem_id="undo-stroke")
                         w["clear_strokes"] = gr.Button("Clear strokes", size="sm")
                     with gr.Row():
-                        w["grow"] = gr.Slider(-32, 32, value=0, step=1, label="Grow / shrink", elem_id="grow")
-                        w["feather"] = gr.Slider(0, 32, value=4, step=1, label="Feather", elem_id="feather")
+                        w["grow"] = gr.Slider(**option_slider("grow"), label="Grow / shrink", elem_id="grow")
+                        w["feather"] = gr.Slider(**option_slider("feather"), label="Feather", elem_id="feather")
                     with gr.Row():
-                        w["edit"] = gr.Radio(["background", "subject"], value="background", label="Edit",
+                        w["edit"] = gr.Radio(["background", "subject"], value=GenerateForm.edit, label="Edit",
                                              elem_id="edit")
-                        w["edge"] = gr.Radio(list(EDGE_MODES), value="matte", label="Edge", elem_id="edge",
+                        w["edge"] = gr.Radio(**option_choices("edge"), label="Edge", elem_id="edge",
                                              info="matte: soft edges (hair) lose the old background")
                     with gr.Row():
                         with gr.Column():
@@ -250,21 +252,21 @@ def build_layout(settings: Settings) -> Page:
                             w["mask_file"] = gr.File(label="Mask (white = repaint)", elem_id="mask-file",
                                                      interactive=False, height=120)
                 with section("Background and canvas: colour, picture, blur, larger frame", "background-canvas"):
-                    w["background"] = gr.Radio(list(BACKGROUNDS), value="generate", label="Background",
+                    w["background"] = gr.Radio(list(BACKGROUNDS), value=GenerateForm.background, label="Background",
                                                elem_id="background",
                                                info="all but generate need no keyword and no SDXL")
                     with gr.Row():
-                        w["background_color"] = gr.ColorPicker("#ffffff", label="Colour", elem_id="background-color")
+                        w["background_color"] = gr.ColorPicker(GenerateForm.background_color, label="Colour", elem_id="background-color")
                         w["background_picture"] = gr.File(label="Picture (covers the frame)", file_types=["image"],
                                                           type="filepath", elem_id="background-picture", height=120)
-                        w["blur_radius"] = gr.Slider(0, 200, value=0, step=1, label="Blur radius (0 = from the size)",
+                        w["blur_radius"] = gr.Slider(0, 200, value=GenerateForm.blur_radius, step=1, label="Blur radius (0 = from the size)",
                                                      elem_id="blur-radius")
-                    w["canvas"] = gr.Radio(list(CANVASES), value="original", label="Canvas", elem_id="canvas",
+                    w["canvas"] = gr.Radio(list(CANVASES), value=GenerateForm.canvas, label="Canvas", elem_id="canvas",
                                            info="a larger frame; what the photo does not cover is repainted")
                     with gr.Row():
                         w["canvas_size"] = gr.Textbox(label="Custom size", placeholder="WxH, e.g. 1920x1080",
                                                       elem_id="canvas-size")
-                        w["place"] = gr.Radio(list(PLACES), value="center", label="Photo on the canvas",
+                        w["place"] = gr.Radio(**option_choices("place"), label="Photo on the canvas",
                                               elem_id="place")
                 with section("Prompt and mood: what LLaVA read, what Llama 2 writes", "prompt-mood"):
                     w["mood"] = gr.Textbox(label="Mood", placeholder="filled by LLaVA after upload; editable",
@@ -275,22 +277,23 @@ def build_layout(settings: Settings) -> Page:
                     w["tokens"] = gr.Markdown(f"0 / {MAX_TOKENS} tokens", elem_id="tokens")
                 with section("Advanced: steps, seed, candidates, sampler, safety concept, fast LoRA", "advanced"):
                     with gr.Row():
-                        w["candidates"] = gr.Slider(1, 4, value=1, step=1, label="Candidates", elem_id="candidates")
-                        w["steps"] = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
+                        w["candidates"] = gr.Slider(**option_slider("num_candidates"), label="Candidates", elem_id="candidates")
+                        w["steps"] = gr.Slider(**option_slider("num_inference_steps"), label="Steps", elem_id="steps")
                     with gr.Row():
-                        w["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
-                        w["strength"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
+                        w["guidance"] = gr.Slider(**option_slider("guidance_scale"), label="Guidance", elem_id="guidance")
+                        w["strength"] = gr.Slider(**option_slider("strength"), label="Strength", elem_id="strength")
                     with gr.Row():
-                        w["seed"] = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1,
+                        low, high = edit_option("seed").range
+                        w["seed"] = gr.Number(GenerateForm.seed, label="Seed", precision=0, minimum=low, maximum=high,
                                               elem_id="seed")
-                        w["random_seed"] = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
+                        w["random_seed"] = gr.Checkbox(GenerateForm.random_seed, label="Random seed", elem_id="random-seed")
                     with gr.Row():
                         presets = [(p.label, name) for name, p in FAST_PRESETS.items()]
-                        w["fast"] = gr.Dropdown([("Off", "off"), *presets], value="off", label="Fast", elem_id="fast",
+                        w["fast"] = gr.Dropdown([("Off", "off"), *presets], value=GenerateForm.fast, label="Fast", elem_id="fast",
                                                 info="a few-step LoRA: sets its own steps, guidance and sampler")
-                        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler",
+                        w["scheduler"] = gr.Dropdown(**option_choices("scheduler"), label="Scheduler",
                                                      elem_id="scheduler")
-                        w["erased"] = gr.Dropdown(["none"], value="none", label="Erased encoder", elem_id="erased")
+                        w["erased"] = gr.Dropdown([GenerateForm.erased], value=GenerateForm.erased, label="Erased encoder", elem_id="erased")
                     w["concept"] = gr.Textbox(label="Safety concept", elem_id="concept",
                                               placeholder="default: the SLD paper's concept list")
                     w["negative"] = gr.Textbox(default_negative_prompt(), label="Negative prompt", lines=2,
@@ -664,6 +667,24 @@ def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     return page.demo
 
 
+class OurFlags:
+    """The console while the page runs: Gradio's hints name its `launch()` arguments, which a person
+    running `python app.py` cannot set; they get our flag instead. Everything else passes unchanged."""
+
+    HINTS = {"set `share=True` in `launch()`": "start Backdrop with --share"}
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for theirs, ours in self.HINTS.items():
+            text = text.replace(theirs, ours)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):  # flush, isatty, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """`python app.py`, and `backdrop page` (`prog` names it in the help)."""
     parser = argparse.ArgumentParser(prog=prog, description="Backdrop: change a photo's background in the browser.")
@@ -703,9 +724,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=4)
     # No allowed_paths: the output folder is never served; each result reaches its own session
     # through Gradio's cache (see Handlers.generate).
-    demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
-                share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                js=BRUSH_JS.read_text(encoding="utf-8"), css=CSS, mcp_server=args.mcp)
+    with contextlib.redirect_stdout(OurFlags(sys.stdout)):
+        demo.launch(server_name="0.0.0.0" if args.listen else settings.host, server_port=settings.port,
+                    share=args.share, auth=auth, max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
+                    js=BRUSH_JS.read_text(encoding="utf-8"), css=CSS, mcp_server=args.mcp)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ into paths and back, and errors into one-line `gr.Error`s. Their docstrings are 
 """
 
 # No `from __future__ import annotations`: Gradio reads the endpoints' annotations at run time.
+import inspect
 from collections.abc import Callable
 
 import gradio as gr
 from gradio import processing_utils
 
 from pipelines.errors import one_line
+from pipelines.types import EditRequest, edit_option, edit_options
 
 
 def _file(data: dict | None) -> str | None:
@@ -27,6 +29,75 @@ def _served(path: str) -> dict:
     """A file in Gradio's cache as the FileData a client downloads."""
     return gr.FileData(path=path).model_dump()
 
+
+PHOTO_DOC = "the photo (PNG, JPEG, WebP, ...)."
+POINTS_DOC = ('clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; '
+              'e.g. "320,240;9,9,0".')
+# /edit's inputs besides the options: where the subject is, and files (Gradio hands them as FileData).
+_EDIT_INPUTS = (
+    ("photo", gr.FileData, inspect.Parameter.empty, PHOTO_DOC),
+    ("points", str, "", POINTS_DOC),
+    ("mask", gr.FileData | None, None, "instead of points, a mask image of the photo's size: white = repaint, "
+                                       "black = keep exactly."),
+    ("subject", str, "", '"auto" = no points or mask: the subject model finds the subject; empty = points or mask '
+                         'say where.'),
+)
+_PICTURE = ("background_picture", gr.FileData | None, None,
+            "a picture file to use as the background instead (scaled to cover the frame).")
+
+
+def _edit_parameters(request_type: type = EditRequest) -> list[tuple[str, object, object, str]]:
+    """(name, annotation, default, one-line doc) of /edit's parameters: the inputs, then every option
+    of `EditRequest` (`types.edit_options`), the picture upload after `background`."""
+    from pipelines.api import option_default
+
+    parameters = list(_EDIT_INPUTS)
+    for option in edit_options(request_type):
+        annotation = option.kind | None if option.kind is not str and option_default(option) is None else option.kind
+        parameters.append((option.name, annotation, option_default(option), option.describe()))
+        if option.field == "background":
+            parameters.append(_PICTURE)
+    return parameters
+
+
+def edit_signature(request_type: type = EditRequest) -> inspect.Signature:
+    """/edit's signature, as Gradio reads it (names, annotations, defaults), from the request's options."""
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        for name, annotation, default, _ in _edit_parameters(request_type)])
+
+
+def edit_doc(request_type: type = EditRequest) -> str:
+    """/edit's docstring: the API docs and the MCP tool's description. Gradio reads one line per
+    parameter (`gradio.utils.get_function_description`)."""
+    return "\n".join([
+        "Change a photo's background (or its subject) and keep the rest pixel-exact.",
+        'Say where the subject is with points on it, with a mask, or with subject="auto".',
+        "",
+        "Args:",
+        *(f"    {name}: {doc}" for name, _, _, doc in _edit_parameters(request_type)),
+        "",
+        "Returns:",
+        "    the edited images as PNG files, best first",
+        "    the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,",
+        "    prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety",
+    ])
+
+MASK_DOC = "\n".join([
+    "The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.",
+    "",
+    "Args:",
+    f"    photo: {PHOTO_DOC}",
+    f"    points: {POINTS_DOC}",
+    f"    candidate: {edit_option('mask_candidate').describe().replace('empty = the best-scoring', 'default 0')}",
+    f"    grow: {edit_option('grow').describe()}",
+    '    subject: "auto" = no points: the subject model finds the subject; empty = the points say where.',
+    "",
+    "Returns:",
+    "    the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)",
+    "    scores (SAM's predicted quality of its three masks, best first), method (sam, subject or grabcut),",
+    "    candidate, notices",
+])
 
 # What a client sees as a one-line error, like the page's and the command line's: bad input
 # (ValueError), or a stage that could not run (GpuOutOfMemory is a RuntimeError).
@@ -43,85 +114,44 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
     """
     from pipelines import api
 
-    def edit(photo: gr.FileData, points: str = "", mask: gr.FileData | None = None, keyword: str = "",
-             mood: str = "", prompt: str = "", negative_prompt: str = "", safety: str = "", erased: str = "",
-             steps: int = 30, guidance: float = 7.5, strength: float = 1.0, seed: int | None = None,
-             candidates: int = 1, edge: str = "matte", grow: int = 0, feather: int = 4,
-             edit_subject: bool = False, background: str = "generate", background_picture: gr.FileData | None = None,
-             canvas: str = "", place: str = "center", fast: str = "", subject: str = "",
-             request: gr.Request = None) -> tuple[list[gr.FileData], dict]:
-        """Change a photo's background (or its subject) and keep the rest pixel-exact.
-        Say where the subject is with points on it, with a mask, or with subject="auto".
-
-        Args:
-            photo: the photo (PNG, JPEG, WebP, ...).
-            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
-            mask: instead of points, a mask image of the photo's size: white = repaint, black = keep exactly.
-            keyword: what the new background should be, any language, e.g. "forest" or "비 오는 밤거리".
-            mood: mood keywords for the prompt, e.g. "calm, warm"; empty = LLaVA reads them from the photo.
-            prompt: the exact SDXL prompt; empty = Llama 2 writes it from keyword and mood.
-            negative_prompt: what to avoid; empty = Backdrop's default negative prompt.
-            safety: Safe Latent Diffusion: off, weak, medium, strong or max; empty = the lowest this server allows.
-            erased: name of concept-erased text encoders to use; empty = none.
-            steps: diffusion steps, 1 to 200.
-            guidance: classifier-free guidance scale, 0 to 50 (at least 1 with safety on).
-            strength: 1.0 repaints from pure noise; lower keeps more of the old background's layout.
-            seed: random seed of the first image (the others use seed+1, ...); empty = random.
-            candidates: how many images to make, 1 to 8; they come back best-scoring first.
-            edge: how the kept part meets the new background: matte (alpha matting, default), feather or hard.
-            grow: grow (>0) or shrink (<0) the subject by this many pixels.
-            feather: soft seam width in pixels.
-            edit_subject: repaint the subject instead of the background.
-            background: generate (SDXL, default), transparent, a colour ("white", "#1e90ff") or blur / blur:RADIUS; no model is loaded for the plain ones.
-            background_picture: a picture file to use as the background instead (scaled to cover the frame).
-            canvas: a larger frame, "WxH" or a ratio "16:9" (the smallest of that shape holding the photo); empty = the photo's own size.
-            place: where the photo sits on the canvas: center, left, right, top or bottom.
-            fast: a few-step preset, e.g. "lightning-4step"; empty = the standard steps.
-            subject: "auto" = no points or mask: the subject model finds the subject; empty = points or mask say where.
-
-        Returns:
-            the edited images as PNG files, best first
-            the record `python -m pipelines edit --json` prints: outputs, seeds, scores, edge, prompt,
-            prompt_tokens, prompt_2, prompt_2_tokens, mood, notices, timings, safety
-        """
+    def edit(*args, **kwargs) -> tuple[list[gr.FileData], dict]:
+        # The signature and docs Gradio reads are made from EditRequest's options (edit_signature).
         from pipelines.errors import Cancelled
 
+        values = edit.__signature__.bind(*args, **kwargs).arguments
+        request = values.pop("request", None)
+        files = {name: _file(values.pop(name, None)) for name in ("photo", "mask", "background_picture")}
         try:
             result, record = api.edit(
-                studio, _file(photo), points=points, mask=_file(mask), keyword=keyword, mood=mood, prompt=prompt,
-                negative_prompt=negative_prompt, safety=safety, erased=erased, steps=steps, guidance=guidance,
-                strength=strength, seed=seed, candidates=candidates, edge=edge, grow=grow, feather=feather,
-                edit_subject=edit_subject, session=request.session_hash if request else "api",
-                background=background, background_picture=_file(background_picture), canvas=canvas, place=place,
-                fast=fast, subject=subject)
+                studio, files["photo"], points=values.pop("points", ""), mask=files["mask"],
+                background_picture=files["background_picture"], session=request.session_hash if request else "api",
+                **values)
         except Cancelled as exc:
             raise gr.Error("cancelled") from exc
         except API_FAILURES as exc:
             raise gr.Error(one_line(exc)) from exc
         return [_served(publish(str(path))) for path in result.paths], record
 
-    def mask(photo: gr.FileData, points: str = "", candidate: int = 0, grow: int = 0,
-             subject: str = "") -> tuple[gr.FileData, dict]:
-        """The mask that clicks on a photo make (Segment Anything), as a PNG that /edit's mask accepts.
+    signature = edit_signature()
+    edit.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(),
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)],
+        return_annotation=tuple[list[gr.FileData], dict])  # Gradio counts the outputs from it
+    edit.__annotations__ = {**{p.name: p.annotation for p in edit.__signature__.parameters.values()},
+                            "return": edit.__signature__.return_annotation}
+    edit.__doc__ = edit_doc()
 
-        Args:
-            photo: the photo (PNG, JPEG, WebP, ...).
-            points: clicks in photo pixels, "X,Y[,L];X,Y[,L]", L 1 = subject (default), 0 = not; e.g. "320,240;9,9,0".
-            candidate: which of SAM's three masks, 0 = the best-scoring.
-            subject: "auto" = no points: the subject model finds the subject; empty = the points say where.
-            grow: grow (>0) or shrink (<0) the subject by this many pixels.
-
-        Returns:
-            the mask PNG at the photo's size: white = repaint (the background), black = kept (the subject)
-            scores (SAM's predicted quality of its three masks, best first), method (sam, subject or grabcut),
-            candidate, notices
-        """
+    def mask(photo: gr.FileData, points: str = "", candidate: int = 0,
+             grow: int = edit_option("grow").default, subject: str = "") -> tuple[gr.FileData, dict]:
+        # The docs Gradio reads: MASK_DOC, with the candidate's and grow's lines from EditRequest's options.
         try:
             image, record = api.mask(studio, _file(photo), points=points, candidate=candidate, grow=grow,
                                      subject=subject)
         except API_FAILURES as exc:
             raise gr.Error(one_line(exc)) from exc
         return _served(processing_utils.save_pil_to_cache(image, demo.GRADIO_CACHE, "mask", format="png")), record
+
+    mask.__doc__ = MASK_DOC
 
     def prompt(keyword: str = "", mood: str = "", photo: gr.FileData | None = None) -> dict:
         """Write the SDXL prompt for a new background from a keyword and a mood (or the mood LLaVA

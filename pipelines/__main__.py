@@ -20,18 +20,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from pipelines.errors import one_line
-from pipelines.few_step import FAST_PRESETS
-from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS, Settings, add_arguments
+from pipelines.settings import Settings, add_arguments
+from pipelines.types import EditRequest, edit_options
+
+
+class _BadArguments(SystemExit):
+    """What argparse refused: exit 2, and `main` reports the message like every other bad input
+    (one line on stderr, and the error object with `--json`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
+        raise _BadArguments(message)
+
+
+# argparse takes "-5,20" for an option (only plain negative numbers pass as values).
+_NEGATIVE = re.compile(r"^-\d")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--point -5,20` as `--point=-5,20`, so that the point is read (and refused for being outside the
+    photo, with the photo's size) instead of argparse's "expected one argument"."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--point" and _NEGATIVE.match(arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _out(text: str) -> Path:
+    """`--out`: a file name whose extension says a format Backdrop writes (`images.OUTPUT_FORMATS`)."""
+    from pipelines.images import output_format
+
+    path = Path(text)
+    try:
+        output_format(path)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
 
 
 def _point(text: str):
@@ -61,39 +98,29 @@ def _canvas(text: str) -> str:
     return text
 
 
-def add_request_options(parser: argparse.ArgumentParser) -> None:
-    """The edit's options (everything but where the subject is): `edit` flags, `batch` defaults."""
-    parser.add_argument("--keyword", default="", help="what the new background should be (any language)")
-    parser.add_argument("--mood", help="mood keywords (skips LLaVA)")
-    parser.add_argument("--prompt", help="the SDXL prompt (skips LLaVA and Llama 2)")
-    parser.add_argument("--negative-prompt", help="default: prompts/negative_prompt.txt")
-    parser.add_argument("--safety", choices=SAFETY_LEVELS, default="off", help="SLD preset")
-    parser.add_argument("--sld-concept", help="what SLD steers away from (default: prompts/sld_concept.txt)")
-    parser.add_argument("--erased", metavar="NAME", help="use the erased text encoders NAME")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, help="default: random (printed)")
-    parser.add_argument("--candidates", type=int, default=1)
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
-    parser.add_argument("--fast", choices=FAST_PRESETS, metavar="NAME",
-                        help=f"a few-step LoRA preset, which sets steps, guidance and sampler: {', '.join(FAST_PRESETS)}")
-    parser.add_argument("--mask-candidate", type=int, help="which of SAM's 3 masks (0 = best)")
-    parser.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the subject, pixels")
-    parser.add_argument("--feather", type=int, default=4,
-                        help="soft seam width, pixels (feather edge); widens the matting band (matte edge)")
-    parser.add_argument("--edge", choices=EDGE_MODES, default="matte",
-                        help="matte: alpha matting at the subject's edge (no halo of the old background); "
-                             "feather: a soft ramp outside the subject; hard: a binary cut")
-    parser.add_argument("--edit-subject", action="store_true", help="repaint the subject, keep the background")
-    parser.add_argument("--background", default="generate", metavar="KIND",
-                        help="generate (SDXL, the default); transparent (RGBA PNG); a colour (white, #rrggbb, "
-                             "a CSS name); a picture file (scaled to cover); blur or blur:RADIUS (the photo's "
-                             "own background blurred). Plain kinds need no model, prompt or keyword")
-    parser.add_argument("--canvas", type=_canvas, metavar="WxH|W:H",
-                        help="a larger frame: WxH, or a ratio such as 16:9 (the smallest of that shape that "
-                             "holds the photo); the photo is not scaled, the new area is painted too")
-    parser.add_argument("--place", choices=PLACES, default="center", help="where the photo sits on the canvas")
+# How the command line reads an option's text where more than its type is checked at once.
+_CLI_TYPES = {"canvas": _canvas}
+
+
+def add_request_options(parser: argparse.ArgumentParser, request_type: type = EditRequest) -> None:
+    """The edit's options (everything but where the subject is), one flag each from `EditRequest`'s
+    definition (`types.edit_options`): `edit` flags, `batch` defaults. A flag's dest is the option's
+    short name, the manifest's column; the field's own name is accepted as a second flag."""
+    group = parser.add_argument_group("the edit")
+    for option in edit_options(request_type):
+        flags = [option.flag] + ["--" + alias.replace("_", "-") for alias in option.aliases]
+        if option.default is None:
+            help_text = option.help + (f" (default: {option.unset})" if option.unset else "")
+        else:
+            shown = option.kind is not bool and option.default != ""
+            help_text = option.help + (f" (default {option.default})" if shown else "")
+        if option.kind is bool:
+            group.add_argument(*flags, dest=option.name, action="store_true", help=help_text)
+            continue
+        kind = _CLI_TYPES.get(option.name, option.kind)
+        metavar = "NAME" if option.choices and len(", ".join(option.choices)) > 40 else None
+        group.add_argument(*flags, dest=option.name, type=kind, default=option.default, choices=option.choices,
+                           metavar=metavar, help=help_text + (f": {', '.join(option.choices)}" if metavar else ""))
 
 
 def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
@@ -109,9 +136,10 @@ def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
     where.add_argument("--subject", choices=("auto",),
                        help="auto: no clicks, the subject model finds the subject (BACKDROP_SUBJECT_MODEL)")
     add_request_options(edit)
-    edit.add_argument("--out", type=Path, help="output file (never overwritten)")
+    edit.add_argument("--out", type=_out, help="output file (never overwritten): .png (with the edit's parameters), "
+                                                 ".jpg or .webp")
     edit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_arguments(edit)
+    add_arguments(edit, scopes=("edit",))
 
     batch = commands.add_parser("batch", help="edit many photos: a CSV manifest or a folder (resumable)")
     batch.add_argument("source", type=Path, help="a CSV manifest (one row per edit) or a folder of photos")
@@ -121,7 +149,7 @@ def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
                             "default: this process, or one worker per GPU of the --ray cluster")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_request_options(batch)
-    add_arguments(batch)
+    add_arguments(batch, scopes=("edit", "cluster"))
 
     presets = commands.add_parser("presets", help="the SLD safety presets")
     presets.add_argument("--json", action="store_true")
@@ -145,13 +173,13 @@ def build_parser(prog: str = "python -m pipelines") -> argparse.ArgumentParser:
                        help="sdxl (both encoders) or sd14 (one encoder, as in the seed)")
     erase.add_argument("--model", help="diffusers folder or model id to erase from (default for sdxl: the "
                                        "SDXL model setting; required for sd14)")
-    add_arguments(erase)
+    add_arguments(erase, scopes=("edit",))
 
 
     download = commands.add_parser("download", help="fetch the models now (SDXL, SAM, the subject model), to run offline later")
     download.add_argument("what", nargs="?", choices=("sdxl", "sam", "subject", "all"), default="all",
                           help="which models to fetch (default: all)")
-    add_arguments(download)
+    add_arguments(download, scopes=("edit",))
 
     # Listed for the help only: `main` hands `page ...` to app.py's own parser before this one reads it.
     commands.add_parser("page", add_help=False,
@@ -188,19 +216,11 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.editing import run_edit
     from pipelines.outputs import result_record
     from pipelines.images import load_image, load_mask
-    from pipelines.types import EditRequest
 
     image = load_image(args.image, settings.max_image_pixels)
     mask = load_mask(args.mask, image.size) if args.mask else None
-    request = EditRequest(
-        image=image, points=args.point or [], mask=mask, auto_subject=args.subject == "auto",
-        mask_candidate=args.mask_candidate,
-        grow=args.grow, feather=args.feather, edge=args.edge, edit_subject=args.edit_subject,
-        background=args.background, canvas=args.canvas, place=args.place, keyword=args.keyword,
-        mood=args.mood, prompt=args.prompt, negative_prompt=args.negative_prompt, safety=args.safety,
-        sld_concept=args.sld_concept, erased=args.erased, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, strength=args.strength, seed=args.seed,
-        num_candidates=args.candidates, scheduler=args.scheduler, fast=args.fast)
+    request = EditRequest(image=image, points=args.point or [], mask=mask, auto_subject=args.subject == "auto",
+                          **{option.field: getattr(args, option.name) for option in edit_options()})
     result = run_edit(request, settings, on_progress=_progress, out=args.out)
     for notice in result.notices:
         sys.stderr.write(f"note: {notice}\n")
@@ -284,39 +304,49 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m pipelines") -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["page"]:
         import app  # the page (app.py, beside this package: the repository's root, or installed with it)
 
         app.main(argv[1:], prog=f"{prog} page")
         return 0
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    as_json = "--json" in argv
+    code, message = _run(argv, prog)
+    if message is not None:
+        sys.stderr.write(f"error: {message}\n")
+        if as_json:  # a program reading stdout gets an object, not nothing
+            print(json.dumps({"error": message}, ensure_ascii=False))
+    return code
+
+
+def _run(argv: list[str], prog: str = "python -m pipelines") -> tuple[int, str | None]:
+    """Run the command: (exit code, the one-line error or None)."""
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except _BadArguments as exc:
+        return 2, exc.message
     try:
         if args.command == "presets":
-            return cmd_presets(args)
+            return cmd_presets(args), None
         settings = Settings.from_env(overrides=vars(args))
         if args.command == "erase":
-            return cmd_erase(args, settings)
+            return cmd_erase(args, settings), None
         if args.command == "download":
-            return cmd_download(args, settings)
+            return cmd_download(args, settings), None
         if args.command == "batch":
-            return cmd_batch(args, settings)
-        return cmd_edit(args, settings)
+            return cmd_batch(args, settings), None
+        return cmd_edit(args, settings), None
     except ValueError as exc:
-        sys.stderr.write(f"error: {one_line(exc)}\n")
-        return 2
+        return 2, one_line(exc)
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 1
+        return 1, "interrupted"
     except Exception as exc:  # noqa: BLE001 - the command line shows one line, not a traceback
         from pipelines.errors import Cancelled, GpuOutOfMemory
 
         known = (Cancelled, GpuOutOfMemory, RuntimeError, OSError)
         if not isinstance(exc, known):
             raise
-        sys.stderr.write(f"error: {one_line(exc)}\n")
-        return 1
+        return 1, one_line(exc)
 
 
 def backdrop() -> int:

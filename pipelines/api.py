@@ -1,9 +1,9 @@
 """The work behind the endpoints programs call: `/edit`, `/mask` and `/prompt`, without Gradio.
 
 `app.py` serves them (`register_api`) as Gradio API endpoints, and as MCP tools with `--mcp`: there
-live the typed signatures with their defaults and the docstrings a program or an agent reads, and
-uploaded files arrive as paths in Gradio's cache. Here those values, named like the options of
-`python -m pipelines edit`, become the same typed calls the page makes on its `Workbench`:
+live the typed signatures (`/edit`'s made from `EditRequest`'s options) and the docstrings a program
+or an agent reads, and uploaded files arrive as paths in Gradio's cache. Here those values, named like
+the options of `python -m pipelines edit`, become the same typed calls the page makes on its `Workbench`:
 
     edit(studio, photo, ...)    -> (EditResult, record)   record = `edit --json`'s, `outputs.result_record`
     mask(studio, photo, ...)    -> (mask image, record)   white = repaint, as `--mask` reads it
@@ -16,21 +16,28 @@ together with points) is checked here. Errors are one-line `ValueError`s, shorte
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image
 
-from pipelines import editing, images, masking, outputs, page
+from pipelines import images, masking, outputs, page
 from pipelines.backgrounds import picture_path
 from pipelines.batch import parse_points
 from pipelines.subject import find_subject
+from pipelines.types import EditOption, EditRequest, EditResult, edit_option, edit_options
 from pipelines.workbench import Workbench
-from pipelines.types import EditRequest, EditResult
 
 
-def edit(studio: Workbench, photo: str, *, points: str, mask: str | None, keyword: str, mood: str, prompt: str,
-         negative_prompt: str, safety: str, erased: str, steps: int, guidance: float, strength: float,
-         seed: int | None, candidates: int, edge: str, grow: int, feather: int, edit_subject: bool,
-         session: str, background: str = "generate", background_picture: str | None = None,
-         canvas: str = "", place: str = "center", fast: str = "", subject: str = "") -> tuple[EditResult, dict]:
+def option_default(option: EditOption) -> Any:
+    """What `/edit` shows as an option's default: the request's, or "" / None where empty means
+    "decided later" (the option's `unset`: the LLM writes the prompt, this server's minimum safety, ...)."""
+    if option.unset is None:
+        return option.default
+    return "" if option.kind is str else None
+
+
+def edit(studio: Workbench, photo: str, *, points: str = "", mask: str | None = None, session: str,
+         background_picture: str | None = None, subject: str = "", **options: Any) -> tuple[EditResult, dict]:
     """Run one edit as `python -m pipelines edit` would, on the page's shared models and GPU.
 
     Args:
@@ -38,16 +45,12 @@ def edit(studio: Workbench, photo: str, *, points: str, mask: str | None, keywor
         photo: path of the photo file.
         points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels (L: 1 subject, the default; 0 not subject).
         mask: path of a mask image (white = repaint), instead of points; None to use the points.
-        keyword, mood, prompt, negative_prompt, erased: as the command line's options; "" = not given.
-        safety: an SLD level; "" = the lowest this deployment allows (`Settings.min_safety`).
-        steps, guidance, strength, seed, candidates, edge, grow, feather, edit_subject: as the
-            command line's options (seed None = random).
         session: who asked (the caller's Gradio session); `studio.cancel(session)` stops the edit.
-        background: generate, transparent, a colour (CSS name or #rrggbb), blur or blur:RADIUS.
         background_picture: path of an uploaded picture to use as the background (overrides `background`).
-        canvas, place: a larger frame (WxH or W:H; "" = the photo's) and where the photo sits on it.
-        fast: a few-step preset (`few_step.FAST_PRESETS`); "" = standard.
         subject: "auto" = the subject model finds the subject (no points, no mask); "" = points or mask.
+        options: the edit's options by their short names (`types.edit_options`: `steps`, `guidance`,
+            `keyword`, ...), as the command line's flags; one left out, None or "" takes its default,
+            and `safety` left empty is the lowest this deployment allows (`Settings.min_safety`).
 
     Returns:
         (the result, its record as `edit --json` prints it).
@@ -57,24 +60,29 @@ def edit(studio: Workbench, photo: str, *, points: str, mask: str | None, keywor
         the edit could not run.
     """
     settings = studio.settings
+    known = {option.name: option for option in edit_options()}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    values = {}
+    for name, option in known.items():
+        value = options.get(name)
+        if value is None or value == "":
+            value = settings.min_safety if option.field == "safety" else option.default
+        values[option.field] = value
     image = images.load_image(photo, settings.max_image_pixels)
     clicks = parse_points(points or "")
     auto_subject = _auto_subject(subject)
     if mask is not None and clicks:
         raise ValueError("give points or a mask, not both")
     if background_picture is not None:
-        background = background_picture
-    elif picture_path(background or "generate") is not None:
+        values["background"] = background_picture
+    elif picture_path(values["background"]) is not None:
         # A server path would let a caller read any image the server can (another person's result).
         raise ValueError("a picture background comes as the background_picture file, not a path")
     request = EditRequest(
         image=image, points=clicks, mask=images.load_mask(mask, image.size) if mask is not None else None,
-        grow=grow, feather=feather, edge=edge, edit_subject=edit_subject, keyword=keyword or "",
-        mood=mood or None, prompt=prompt or None, negative_prompt=negative_prompt or None,
-        safety=safety or settings.min_safety, erased=erased or None, num_inference_steps=steps,
-        guidance_scale=guidance, strength=strength, seed=seed, num_candidates=candidates,
-        background=background or "generate", canvas=canvas or None, place=place or "center", fast=fast or None,
-        auto_subject=auto_subject)
+        auto_subject=auto_subject, **values)
     result = studio.edit(request, session)
     return result, outputs.result_record(result, request)
 
@@ -103,8 +111,7 @@ def mask(studio: Workbench, photo: str, *, points: str, candidate: int, grow: in
         "method": "sam", "subject" or "grabcut", "candidate": the one drawn, "notices": fallbacks}).
     """
     image = images.load_image(photo, studio.settings.max_image_pixels)
-    if not 0 <= candidate < editing.MASK_CANDIDATES:
-        raise ValueError(f"mask candidate must be between 0 and {editing.MASK_CANDIDATES - 1}, got {candidate}")
+    edit_option("mask_candidate").check(candidate)
     clicks = parse_points(points or "")
     if _auto_subject(subject):
         if clicks:

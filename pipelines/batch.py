@@ -7,8 +7,8 @@ A manifest is a CSV file with one row per edit: a `photo` column, then any of `p
 them. A FOLDER instead of a manifest means one row per photo in it, with the flags' options.
 
 Each row becomes an `EditRequest` and runs through `editing.run_edit`, which checks it; nothing is
-checked twice here. Columns map to `EditRequest` fields generically (`request_columns`): any field
-holding a string, number or yes/no is a column under its own name, so a new field is a new column.
+checked twice here. Columns are `EditRequest`'s options (`request_columns`, from `types.edit_options`),
+each under its short name, so a new option is a new column.
 
 A row with neither points nor mask gets an **automatic subject**: the subject model finds it
 (`pipelines/subject.py`, `BACKDROP_SUBJECT_MODEL`). Without a subject model, `auto_points`: one
@@ -43,14 +43,9 @@ from typing import Any
 from pipelines.backgrounds import picture_path
 from pipelines.errors import one_line
 from pipelines.settings import Settings
-from pipelines.types import ClickPoint, EditRequest
+from pipelines.types import ClickPoint, EditOption, EditRequest, edit_options
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-# Short column names, as the edit command's flags spell them, for EditRequest's diffusers-style names.
-ALIASES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "candidates": "num_candidates"}
-# Fields filled from the photo, points and mask columns, or only by the page.
-NOT_COLUMNS = ("image", "points", "mask", "subject")
-CELL_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 # Settings that change what a row produces, hashed into its key along with the row.
 KEYED_SETTINGS = ("sdxl_model", "sam_model_type", "sam_checkpoint", "working_pixels", "vision_model",
                   "text_model", "llm_temperature")
@@ -92,45 +87,23 @@ class Task:
 # --- reading rows ---------------------------------------------------------------------------------
 
 @functools.cache
-def request_columns() -> dict[str, str]:
-    """Manifest column -> `EditRequest` field, for every field a CSV cell can hold (one shared dict:
-    callers only read it)."""
-    columns = {}
-    for f in dataclasses.fields(EditRequest):
-        if f.name not in NOT_COLUMNS and _cell_type(f) is not None:
-            columns[f.name] = f.name
-    for column, name in ALIASES.items():
-        if columns.pop(name, None):
-            columns[column] = name
-    return columns
-
-
-def _cell_type(f: dataclasses.Field) -> type | None:
-    names = [part.strip() for part in str(f.type).split("|") if part.strip() != "None"]
-    return CELL_TYPES.get(names[0]) if len(names) == 1 else None
+def request_columns(request_type: type = EditRequest) -> dict[str, str]:
+    """Manifest column -> `EditRequest` field, for every option (`types.edit_options`), under its short
+    name as the edit command's flag spells it (`steps` for `num_inference_steps`). One shared dict:
+    callers only read it. The photo, points and mask columns are the request's other fields
+    (`types.not_options`), read by `make_tasks`."""
+    return {option.name: option.field for option in edit_options(request_type)}
 
 
 @functools.cache
-def _column_types() -> dict[str, type]:
-    """Manifest column -> the type its cells are read as (parse_cell runs once per cell)."""
-    fields = {f.name: f for f in dataclasses.fields(EditRequest)}
-    return {column: _cell_type(fields[name]) for column, name in request_columns().items()}
+def _column_options(request_type: type = EditRequest) -> dict[str, EditOption]:
+    options = {option.field: option for option in edit_options(request_type)}
+    return {column: options[name] for column, name in request_columns(request_type).items()}
 
 
-def parse_cell(column: str, text: str) -> Any:
+def parse_cell(column: str, text: str, request_type: type = EditRequest) -> Any:
     """A cell's text as the type of its `EditRequest` field; one-line ValueError when it is not."""
-    kind = _column_types()[column]
-    text = text.strip()
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{column}={text!r} is not yes or no")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"{column}={text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    return _column_options(request_type)[column].parse(text)
 
 
 def parse_point(text: str) -> ClickPoint:

@@ -46,6 +46,7 @@ from pipelines.prompting.weights import Fragment, parse_weights
 from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, get_preset, perform_safety_guidance
 from pipelines.sdxl_models import SDXLComponents
 from pipelines.settings import SCHEDULERS  # ("euler", "dpmpp_2m")
+from pipelines.types import EditRequest, check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -271,13 +272,13 @@ def blend(
     prompt_2: str | None = None,
     negative_prompt: str = "",
     negative_prompt_2: str | None = None,
-    num_inference_steps: int = 30,
-    guidance_scale: float = 7.5,
-    strength: float = 1.0,
+    num_inference_steps: int = EditRequest.num_inference_steps,  # the edit's defaults (types.EditRequest)
+    guidance_scale: float = EditRequest.guidance_scale,
+    strength: float = EditRequest.strength,
     seeds: Sequence[int] = (0,),
     safety: SafetyPreset | None = None,
     sld_concept: str | None = None,
-    scheduler: str = "euler",
+    scheduler: str = EditRequest.scheduler,
     on_step: Callable[[int, int, Image.Image | None], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -318,7 +319,8 @@ def blend(
         Cancelled: `should_cancel()` returned True.
         GpuOutOfMemory: the GPU ran out of memory; it has been freed.
     """
-    # 1. Check inputs
+    # 1. Check inputs: an edit's were checked by `editing.validate_request`; these guard direct callers
+    # (warm-up, benchmarks) in diffusers' terms, and the rule on executed steps is the request's own.
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     if not 0 < strength <= 1:
@@ -342,9 +344,7 @@ def blend(
     seeds = [int(seed) for seed in seeds]
     if not seeds:
         raise ValueError("seeds is empty: at least one candidate is needed")
-    executed_steps = min(int(num_inference_steps * strength), num_inference_steps)
-    if executed_steps < 1:
-        raise ValueError(f"strength {strength} too low for {num_inference_steps} steps: no step would run")
+    check_schedule(num_inference_steps, strength)
 
     try:
         return _blend(components, image, mask.astype(np.float32), prompt, prompt_2, negative_prompt,

@@ -30,8 +30,8 @@ from pipelines import (backgrounds, canvas, compositing, downloads, gpu_room, im
                        prompting, ranking, sam_models)
 from pipelines import subject as subject_models
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
-from pipelines.settings import SAFETY_LEVELS, SCHEDULERS, Settings
-from pipelines.types import EditRequest, EditResult, SafetyRecord
+from pipelines.settings import SAFETY_LEVELS, Settings
+from pipelines.types import EditRequest, EditResult, SafetyRecord, check_schedule, edit_option, edit_options
 
 if TYPE_CHECKING:
     from pipelines.few_step import FastPreset
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 # preview is a small image during diffusion.
 ProgressFn = Callable[[str, int, int, "Image.Image | None"], None]
 
-MAX_STEPS = 200
-MAX_CANDIDATES = 8
-MASK_CANDIDATES = 3  # SAM's multimask output (GrabCut repeats its one mask three times)
+MAX_STEPS = edit_option("num_inference_steps").range[1]
+MAX_CANDIDATES = edit_option("num_candidates").range[1]
+MASK_CANDIDATES = edit_option("mask_candidate").range[1] + 1  # SAM's multimask output (GrabCut repeats its one)
 
 
 @dataclass(frozen=True)
@@ -106,29 +106,17 @@ def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
         raise ValueError("give at least one point on the subject, or a mask")
     if request.auto_subject and (request.points or request.mask is not None or request.subject is not None):
         raise ValueError("the automatic subject takes no points and no mask: give one or the other")
-    if not 1 <= request.num_inference_steps <= MAX_STEPS:
-        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {request.num_inference_steps}")
+    for option in edit_options(type(request)):  # choices and ranges, from the request's own definition
+        option.check(getattr(request, option.field))
     if not 0.0 < request.strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {request.strength}")
-    if not 0.0 <= request.guidance_scale <= 50.0:
-        raise ValueError(f"guidance must be between 0 and 50, got {request.guidance_scale}")
-    if not 1 <= request.num_candidates <= MAX_CANDIDATES:
-        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {request.num_candidates}")
-    if request.seed is not None and not 0 <= request.seed < 2**32:
-        raise ValueError(f"seed must be between 0 and {2**32 - 1}, got {request.seed}")
-    if request.safety not in SAFETY_LEVELS:
-        raise ValueError(f"unknown safety level {request.safety!r} (choose {', '.join(SAFETY_LEVELS)})")
     if SAFETY_LEVELS.index(request.safety) < SAFETY_LEVELS.index(settings.min_safety):
         raise ValueError(f"safety level {request.safety!r} is below this deployment's minimum {settings.min_safety!r}")
-    if request.edge not in compositing.EDGE_MODES:
-        raise ValueError(f"unknown edge {request.edge!r} (choose {', '.join(compositing.EDGE_MODES)})")
     if request.safety != "off" and request.guidance_scale < MIN_GUIDANCE_WITH_SLD:
         # Below 1 the free-text negative prompt outweighs SLD (see safety.MIN_GUIDANCE_WITH_SLD).
         raise ValueError(f"with a safety preset on, guidance must be at least {MIN_GUIDANCE_WITH_SLD:g}, "
                          f"got {request.guidance_scale:g}")
     checker = output_check.checker_mode(settings)  # a required check without nudenet is refused before any work
-    if request.scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {request.scheduler!r} (choose {', '.join(SCHEDULERS)})")
     fast = None
     if request.fast is not None:
         from pipelines.few_step import get_fast_preset
@@ -141,14 +129,7 @@ def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
         if request.erased not in available:
             raise ValueError(f"unknown erased encoder {request.erased!r} "
                              f"(available: {', '.join(available) or 'none'})")
-    if int(request.num_inference_steps * request.strength) < 1:
-        raise ValueError(f"strength {request.strength} is too low for {request.num_inference_steps} steps: "
-                         "no step would run")
-    if request.feather < 0:
-        raise ValueError(f"feather must be 0 or more, got {request.feather}")
-    if request.mask_candidate is not None and not 0 <= request.mask_candidate < MASK_CANDIDATES:
-        raise ValueError(f"mask candidate must be between 0 and {MASK_CANDIDATES - 1}, "
-                         f"got {request.mask_candidate}")
+    check_schedule(request.num_inference_steps, request.strength)
     width, height = request.image.size
     if request.mask is not None:
         if request.mask.shape != (height, width):
@@ -195,7 +176,8 @@ def build_mask(request: EditRequest, settings: Settings, predictor: "masking.Mas
             predictor, notices = sam_models.get_predictor(settings)
         # Without SAM, a subject model (if one can be had) finds what was clicked.
         model = subject_models.get_subject_model(settings, download=False)[0] if predictor is None else None
-        prediction = masking.predict_masks(request.image, request.points, predictor, subject_model=model)
+        prediction = masking.predict_masks(request.image, request.points, predictor, subject_model=model,
+                                           checked=True)
         notices += prediction.notices
         subject = prediction.masks[request.mask_candidate or 0]
     # Checked on the binary cut, the same for every edge: a matte may call no pixel solid (a

@@ -16,6 +16,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 MIN_SIDE = 8  # smaller than one latent pixel: nothing sensible can be done with it
+# What an output file's extension asks for: Pillow's format and its options. PNG is the default and
+# the only one that keeps transparency and the edit's parameters; WebP is written lossless.
+OUTPUT_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+                  ".webp": ("WEBP", {"lossless": True})}
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -109,6 +113,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white.paste(image, mask=image.getchannel("A"))
         return white
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def output_format(path: str | Path) -> tuple[str, dict]:
+    """(Pillow format, save options) for an output file name; no extension means PNG.
+
+    Raises:
+        ValueError: an extension Backdrop does not write (one line).
+    """
+    suffix = Path(path).suffix.lower() or ".png"
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"{Path(path).name}: Backdrop writes {', '.join(OUTPUT_FORMATS)} files, not {suffix}")
+    return OUTPUT_FORMATS[suffix]
 
 
 def image_hash(image: Image.Image) -> str:

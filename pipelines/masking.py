@@ -38,10 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .subject import SubjectModel
 
+# Why SAM is missing (no file, a failed download, auto-download off) is the caller's notice
+# (`sam_models.get_predictor`); these only say what the masks are made with instead.
 GRABCUT_NOTICE = (f"No SAM checkpoint: masks come from GrabCut (rough: run `python -m pipelines download subject` "
                   "for a subject model that finds what was clicked, or put "
                   f"{SAM_CHECKPOINT_NAMES['vit_h']} in the checkpoint folder, BACKDROP_CHECKPOINT_DIR, default "
-                  "checkpoints/, or allow BACKDROP_SAM_AUTO_DOWNLOAD for Segment Anything masks)")
+                  "checkpoints/, or run `python -m pipelines download sam` for Segment Anything masks)")
 SUBJECT_FALLBACK_NOTICE = ("No SAM checkpoint: masks come from the subject model {model} and GrabCut (put "
                            f"{SAM_CHECKPOINT_NAMES['vit_h']} in the checkpoint folder for Segment Anything masks)")
 TOO_SMALL = 0.0005  # a fallback mask under this share of the photo cannot be what was clicked
@@ -210,13 +212,12 @@ class MaskPredictor:
             A `MaskPrediction` with masks (3, H, W) bool at the photo's size, best score first.
 
         Raises:
-            ValueError: no positive point, a point outside the photo, or a mask_input of the wrong shape.
+            ValueError: a mask_input of the wrong shape (the points are checked by `predict_masks`).
         """
         import torch
         import torch.nn.functional as F
 
-        check_points(image, points)
-        key, emb = self._embedding(image)
+        key, emb = self._embedding(image)  # points: checked by predict_masks (or validate_request)
         # 1. Points into the encoder's input frame, as SamPredictor.predict does.
         coords = np.array([[p.x, p.y] for p in points], dtype=np.float64)
         coords = self.transform.apply_coords(coords, emb.original_size)
@@ -285,7 +286,7 @@ def check_points(image: Image.Image, points: list[ClickPoint]) -> None:
 
 def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskPredictor | None,
                   mask_input: np.ndarray | None = None,
-                  subject_model: "SubjectModel | None" = None) -> MaskPrediction:
+                  subject_model: "SubjectModel | None" = None, *, checked: bool = False) -> MaskPrediction:
     """Candidate subject masks for the clicks: SAM when a predictor is given, else the fallback.
 
     The fallback: with a subject model (`subject.get_subject_model`), the clicked part of its
@@ -300,6 +301,8 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
         mask_input: float (1, h, w) logits of the previous click's chosen candidate (SAM only;
             the fallback ignores it).
         subject_model: the subject model for the fallback, or None (GrabCut alone).
+        checked: the points were checked already (`editing.validate_request`); the one check of
+            clicks is here otherwise: `MaskPredictor.predict` and `grabcut_mask` trust them.
 
     Returns:
         A `MaskPrediction`. Without SAM, three identical candidates, scores 0, and a notice.
@@ -307,7 +310,8 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     Raises:
         ValueError: no positive point, or a point outside the photo.
     """
-    check_points(image, points)
+    if not checked:
+        check_points(image, points)
     if predictor is not None:
         return predictor.predict(image, points, mask_input=mask_input)
     if subject_model is not None:
@@ -373,7 +377,6 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     """
     import cv2
 
-    check_points(image, points)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from pipelines import images
 from pipelines.output_check import describe_check
 from pipelines.types import EditRequest, EditResult
 
@@ -140,7 +141,8 @@ def read_parameters(path: str | Path) -> dict[str, str]:
 
 def save_png(image: Image.Image, parameters: str, *, out: Path | None, folder: Path, seed: int,
              index: int = 0) -> tuple[Path, Path | None]:
-    """Save a PNG with its parameters, never overwriting a file.
+    """Save a PNG with its parameters (or the format `out`'s extension asks for: `images.output_format`;
+    JPEG has no transparency, so an RGBA image is put on white there), never overwriting a file.
 
     Returns:
         (the path written, the requested path if it existed and another name was used, else None).
@@ -155,13 +157,21 @@ def save_png(image: Image.Image, parameters: str, *, out: Path | None, folder: P
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         wanted = Path(folder) / f"backdrop-{stamp}-{seed}.png"
+    kind, options = images.output_format(wanted)
     wanted.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = wanted, 1
     while True:
         try:
             # "x" mode creates the file atomically and fails if it exists: no overwrite, even racing.
             with open(candidate, "xb") as handle:
-                image.save(handle, "PNG", pnginfo=info)
+                if kind == "PNG":
+                    image.save(handle, "PNG", pnginfo=info)
+                else:
+                    flat = image
+                    if kind == "JPEG" and image.mode == "RGBA":
+                        flat = Image.new("RGB", image.size, "white")
+                        flat.paste(image, mask=image.getchannel("A"))
+                    flat.save(handle, kind, **options)
             return candidate, (wanted if candidate != wanted else None)
         except FileExistsError:
             n += 1

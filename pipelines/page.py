@@ -28,7 +28,7 @@ from PIL import Image, ImageColor, ImageDraw
 from pipelines import masking
 from pipelines.safety import MIN_GUIDANCE_WITH_SLD, PRESET_LABELS, get_preset
 from pipelines.settings import SAFETY_LEVELS
-from pipelines.types import ClickPoint, EditRequest
+from pipelines.types import ClickPoint, EditRequest, edit_option
 
 DISPLAY_SIDE = 1280  # the longest side of the clickable preview; clicks are mapped back to the photo
 BRUSHES = {"add to subject": True, "remove from subject": False}  # the page's brushes: paints subject?
@@ -155,38 +155,60 @@ class PageState:
         return apply_strokes(np.asarray(base, dtype=bool), self.strokes)
 
 
+def slider(field: str) -> dict:
+    """A slider's minimum, maximum, step and value for an `EditRequest` option, from its definition
+    (`types.edit_options`: the option's `slider` range and default), as `gr.Slider(**slider(...))` takes them."""
+    option = edit_option(field)
+    low, high, step = option.slider
+    return {"minimum": low, "maximum": high, "step": step, "value": option.default}
+
+
+def choices(field: str) -> dict:
+    """A choice widget's choices and value for an `EditRequest` option, from its definition."""
+    option = edit_option(field)
+    return {"choices": list(option.choices), "value": option.default}
+
+
+def _default(field: str):
+    return edit_option(field).default
+
+
 @dataclass(frozen=True)
 class GenerateForm:
-    """The widget values Generate reads; `app.py` has a widget of the same name for each field."""
+    """The widget values Generate reads; `app.py` has a widget of the same name for each field.
+
+    The page's names are its widgets' (`quality` is `prompt_2`, `edit` says what `edit_subject` does,
+    `safety` is the slider's position); defaults that are a request's value come from `EditRequest`.
+    """
 
     mood: str = ""  # LLaVA's mood, editable; empty: the photo's mood from the upload
-    keyword: str = ""  # the new background, any language
+    keyword: str = _default("keyword")  # the new background, any language
     prompt: str = ""  # empty: written by Llama 2 from the keyword and mood
     safety: int = 0  # slider position in SAFETY_LEVELS
     concept: str = ""  # SLD's unsafe concept; empty: the paper's default
     erased: str | None = "none"  # an erased encoder's name, or "none"
-    steps: int = 30
-    guidance: float = 7.5
-    strength: float = 1.0
+    steps: int = _default("num_inference_steps")
+    guidance: float = _default("guidance_scale")
+    strength: float = _default("strength")
     seed: int | None = 0
     random_seed: bool = True
-    candidates: int = 1
+    candidates: int = _default("num_candidates")
     negative: str | None = None  # the negative prompt
     quality: str | None = None  # second-encoder prompt (quality words)
-    scheduler: str = "euler"
+    scheduler: str = _default("scheduler")
     candidate: int | None = 0  # which of SAM's masks is chosen
-    grow: int = 0
-    feather: int = 4
+    grow: int = _default("grow")
+    feather: int = _default("feather")
     edit: str = "background"  # "background" or "subject": what is repainted
-    edge: str = "matte"  # compositing.EDGE_MODES: how the kept subject meets the new background
+    edge: str = _default("edge")  # compositing.EDGE_MODES: how the kept subject meets the new background
     fast: str = "off"  # a few-step LoRA preset (few_step.FAST_PRESETS), or "off"
-    background: str = "generate"  # one of BACKGROUNDS
+    background: str = _default("background")  # one of BACKGROUNDS
     background_color: str = "#ffffff"  # for "colour": as the colour picker gives it (#rrggbb or rgba(...))
     background_picture: str | None = None  # for "picture": the uploaded file's path
     blur_radius: float = 0  # for "blur": the Gaussian sigma in pixels; 0 = from the photo's size
     canvas: str = "original"  # one of CANVASES
     canvas_size: str = ""  # for "custom": WxH
-    place: str = "center"  # where the photo sits on a larger canvas (canvas.PLACES)
+    place: str = _default("place")  # where the photo sits on a larger canvas (canvas.PLACES)
 
     def to_request(self, state: PageState, image: Image.Image, photo_mood: str | None = None) -> EditRequest:
         """The edit this form asks for, on the session's photo with its chosen mask.

@@ -239,10 +239,10 @@ def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None
                        f"(set BACKDROP_SAM_MODEL_TYPE={err.fits})"]
             variant = err.fits
             sam = _build(state, variant, checkpoint, device)
-            log.warning(notices[0])
+            log.info(notices[0])  # the caller shows the notice: logged for operators, not printed twice
     except RuntimeError as err:
         slot.failure = f"SAM unavailable: {err}"
-        log.warning(slot.failure)
+        log.info(slot.failure)  # returned as a notice, which the caller shows once
         return
     finally:
         slot.progress = None

@@ -47,8 +47,15 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.c
 OLLAMA_UNLOAD_MODES = ("auto", "always", "never")  # when Ollama's models leave the GPU before diffusion
 
 
-def _setting(default: Any, env: str, flag: str, help: str, choices: tuple[str, ...] | None = None):
-    return field(default=default, metadata={"env": env, "flag": flag, "help": help, "choices": choices})
+SCOPES = ("edit", "server", "cluster")  # who reads a setting: every edit, the page's server, many GPUs
+
+
+def _setting(default: Any, env: str, flag: str, help: str, choices: tuple[str, ...] | None = None,
+             scope: str = "edit"):
+    """A setting's field: its environment variable, flag, help and choices; `scope` says who reads it
+    (`SCOPES`), so that a command lists only the flags it reads (`add_arguments`)."""
+    return field(default=default, metadata={"env": env, "flag": flag, "help": help, "choices": choices,
+                                            "scope": scope})
 
 
 @dataclass(frozen=True)
@@ -148,19 +155,19 @@ class Settings:
         "post-hoc nudity check of every output (optional nudenet): off, note, blur or block a flagged one; "
         "not off under a minimum safety", SAFETY_CHECKER_MODES)
     host: str = _setting(
-        "127.0.0.1", "BACKDROP_HOST", "--host", "address the page listens on (--listen: 0.0.0.0)")
-    port: int = _setting(7860, "BACKDROP_PORT", "--port", "port the page listens on")
+        "127.0.0.1", "BACKDROP_HOST", "--host", "address the page listens on (--listen: 0.0.0.0)", scope="server")
+    port: int = _setting(7860, "BACKDROP_PORT", "--port", "port the page listens on", scope="server")
     max_upload_mb: int = _setting(
-        50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB")
+        50, "BACKDROP_MAX_UPLOAD_MB", "--max-upload-mb", "largest upload the page accepts, in MB", scope="server")
     queue_size: int = _setting(
-        16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused")
+        16, "BACKDROP_QUEUE_SIZE", "--queue-size", "requests waiting for the GPU before new ones are refused", scope="server")
     cache_hours: int = _setting(
         24, "BACKDROP_CACHE_HOURS", "--cache-hours",
-        "hours Gradio's cache keeps previews and served results (saved photos stay in the output folder)")
+        "hours Gradio's cache keeps previews and served results (saved photos stay in the output folder)", scope="server")
     # --- many GPUs ----------------------------------------------------------------------------
     ray_address: str | None = _setting(
         None, "BACKDROP_RAY_ADDRESS", "--ray",
-        "a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto): the page and batch run edits on its workers")
+        "a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto): the page and batch run edits on its workers", scope="cluster")
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -261,11 +268,14 @@ def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
     return text
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; parsed values go to `Settings.from_env(overrides=...)`."""
+def add_arguments(parser: argparse.ArgumentParser, scopes: tuple[str, ...] | None = None) -> None:
+    """Add one flag per setting read in `scopes` (None: all); parsed values go to
+    `Settings.from_env(overrides=...)`, where a setting without a flag keeps its environment's value."""
     group = parser.add_argument_group("settings (each also read from its environment variable)")
     for f in dataclasses.fields(Settings):
         meta = f.metadata
+        if scopes is not None and meta["scope"] not in scopes:
+            continue
         if "bool" in str(f.type):
             group.add_argument(meta["flag"], dest=f.name, default=None,
                                action=argparse.BooleanOptionalAction,

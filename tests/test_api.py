@@ -67,10 +67,11 @@ def test_only_the_programs_endpoints_are_listed(client):
     assert set(api["named_endpoints"]) == {"/edit", "/mask", "/prompt"}
     assert api["unnamed_endpoints"] == {}
     edit = {p["parameter_name"]: p for p in api["named_endpoints"]["/edit"]["parameters"]}
-    assert list(edit) == ["photo", "points", "mask", "keyword", "mood", "prompt", "negative_prompt", "safety",
+    assert list(edit) == ["photo", "points", "mask", "subject", "keyword", "mood", "prompt", "negative_prompt", "safety",
                           "erased", "steps", "guidance", "strength", "seed", "candidates", "edge", "grow",
                           "feather", "edit_subject", "background", "background_picture", "canvas", "place", "fast",
-                          "subject"]
+                          # issue 21: every option of the request reaches /edit, these four were missing
+                          "prompt_2", "sld_concept", "scheduler", "mask_candidate"]
     assert edit["steps"]["parameter_default"] == 30 and edit["edge"]["parameter_default"] == "matte"
     # The page's handlers are private: a client cannot call one.
     with pytest.raises(ValueError):

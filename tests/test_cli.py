@@ -112,3 +112,47 @@ def test_presets_json(tiny_env, tmp_path):
                                  "sld_momentum_scale": 0.0, "sld_mom_beta": 0.0}
     assert table["Hyp-Max"]["sld_guidance_scale"] == 5000 and table["Hyp-Max"]["sld_threshold"] == 1.0
     assert list(table) == ["Hyp-Weak", "Hyp-Medium", "Hyp-Strong", "Hyp-Max"]
+
+
+# --- papercuts (issue 21) ---------------------------------------------------------------------------
+
+def test_out_writes_the_format_its_name_asks_for(tiny_env, tmp_path, photo_path):
+    plain = ["edit", str(photo_path), "--point", "80,60", "--background", "white", "--edge", "hard"]
+    done = run_cli([*plain, "--out", str(tmp_path / "white.jpg")], tiny_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "white.jpg") as written:
+        assert written.format == "JPEG" and written.size == (160, 120)
+    refused = run_cli([*plain, "--out", str(tmp_path / "white.gif")], tiny_env, tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: argument --out: white.gif: Backdrop writes .png, .jpg, .jpeg, .webp")
+    assert not (tmp_path / "white.gif").exists()
+
+
+def test_a_negative_point_is_read_as_a_point(tiny_env, tmp_path, photo_path):
+    done = run_cli(["edit", str(photo_path), "--prompt", "x", "--point", "-5,20"], tiny_env, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: point (-5, 20) is outside the photo (160 x 120)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--point", "80,60", "--steps", "0"], "steps must be between 1 and 200, got 0"),
+    (["--point", "80,60", "--edge", "soft"], "argument --edge: invalid choice: 'soft'"),
+])
+def test_json_errors_are_an_object_on_stdout(tiny_env, tmp_path, photo_path, args, message):
+    done = run_cli(["edit", str(photo_path), "--prompt", "x", "--json", *args], tiny_env, tmp_path)
+    assert done.returncode == 2
+    record = json.loads(done.stdout)
+    assert list(record) == ["error"] and record["error"].startswith(message)
+    assert done.stderr.strip() == f"error: {record['error']}"
+
+
+def test_a_failed_sam_download_is_said_once(tiny_env, tmp_path, photo_path):
+    env = {**tiny_env, "BACKDROP_SAM_MODEL_TYPE": "vit_h", "BACKDROP_SAM_AUTO_DOWNLOAD": "1",
+           "BACKDROP_SAM_CHECKPOINT": str(tmp_path / "sam_vit_h_4b8939.pth"),
+           "BACKDROP_SAM_DOWNLOAD_BASE": "http://127.0.0.1:9/"}
+    done = run_cli(["edit", str(photo_path), "--point", "80,60", "--background", "white", "--edge", "hard",
+                    "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("SAM unavailable: could not download") == 1, done.stderr
+    assert "BACKDROP_SAM_AUTO_DOWNLOAD" not in done.stderr  # it is on: no advice to allow it
+    assert json.loads(done.stdout)["notices"][0].startswith("SAM unavailable: could not download")
