@@ -19,7 +19,7 @@ from conftest import half_mask, make_photo, run_cli
 from file_server import FileServer
 
 from pipelines import __main__ as cli
-from pipelines import downloads
+from pipelines import downloads, subject
 from pipelines.downloads import download_checkpoint, sdxl_folder
 from pipelines.editing import run_edit
 from pipelines.sdxl_models import load_sdxl
@@ -188,16 +188,22 @@ def test_download_command_fetches_sam_and_reports_sdxl(tmp_path, monkeypatch, ca
     prefix = hashlib.sha256(data).hexdigest()[:6]
     name = f"sam_test_{prefix}.pth"
     monkeypatch.setitem(downloads.SAM_DOWNLOADS, name, (prefix, len(data)))
-    server = FileServer({name: data})
+    model = b"a subject model" * 100  # "all" fetches the subject model too (served here as u2netp)
+    server = FileServer({name: data, "u2netp.onnx": model})
+    monkeypatch.setitem(subject.SUBJECT_MODEL_FILES, "u2netp", subject.SubjectModelFile(
+        f"{server.url.rsplit('/', 1)[0]}/u2netp.onnx", "md5:" + hashlib.md5(model).hexdigest(), len(model)))
     dest = tmp_path / "ckpt" / name
     settings = ["--sam-checkpoint", str(dest), "--sam-download-base", server.url.rsplit("/", 1)[0],
-                "--no-sam-auto-download", "--sdxl-model", str(tiny_sdxl_dir)]
+                "--no-sam-auto-download", "--sdxl-model", str(tiny_sdxl_dir), "--subject-model", "u2netp",
+                "--checkpoint-dir", str(tmp_path / "ckpt")]
     try:
         assert cli.main(["download", "all", *settings]) == 0  # fetched though auto-download is off
     finally:
         server.close()
     assert dest.read_bytes() == data
-    assert capsys.readouterr().out.splitlines() == [f"SAM: {dest}", f"SDXL: {tiny_sdxl_dir}"]
+    fetched = tmp_path / "ckpt" / "rembg" / "u2netp.onnx"
+    assert fetched.read_bytes() == model
+    assert capsys.readouterr().out.splitlines() == [f"SAM: {dest}", f"subject model: {fetched}", f"SDXL: {tiny_sdxl_dir}"]
 
     assert cli.main(["download", "sdxl", "--sdxl-model", HUB_ID]) == 1
     err = capsys.readouterr().err.strip()
