@@ -56,6 +56,8 @@ class MaskPrediction:
             256 for the official models), same order as `masks`; feed one back as `mask_input`.
         method: "sam" or "grabcut".
         notices: things the person should know (fallbacks).
+        distinct: how many of the candidates are different masks: 3, or 1 when the model gives one
+            (GrabCut, and ONNX decoders exported with a single mask output, repeat it three times).
     """
 
     masks: np.ndarray
@@ -63,6 +65,7 @@ class MaskPrediction:
     low_res_logits: np.ndarray
     method: str
     notices: list[str] = field(default_factory=list)
+    distinct: int = 3
 
     def next_mask_input(self, candidate: int = 0) -> np.ndarray:
         """The `mask_input` for the next click: the chosen candidate's logits, float32 (1, h, w)."""
@@ -76,7 +79,8 @@ class MaskPrediction:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class _Embedding:
-    features: "torch.Tensor"  # (1, C, h, w) float32 on the model's device, the image encoder's output
+    features: "torch.Tensor | np.ndarray"  # (1, C, h, w) float32, the image encoder's output (torch on
+    # the model's device for the PyTorch models, numpy for the ONNX ones)
     original_size: tuple[int, int]  # the photo's (H, W)
     input_size: tuple[int, int]  # (H, W) after resizing the long side to the encoder's input size
 
@@ -114,17 +118,21 @@ class MaskPredictor:
                  notices: list[str] | None = None) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        self._start_cache(cache_size, variant, notices)
+        self.sam = sam
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)  # stateless, shareable
+        self._dense_pe: "torch.Tensor | None" = None  # the decoder's positional encoding, see _image_pe
+
+    def _start_cache(self, cache_size: int, variant: str, notices: list[str] | None) -> None:
+        """The embedding cache and the status fields (shared with `sam_onnx.OnnxMaskPredictor`)."""
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
-        self.sam = sam
         self.cache_size = cache_size
         self.variant = variant
         self.notices = list(notices or [])
-        self.transform = ResizeLongestSide(sam.image_encoder.img_size)  # stateless, shareable
         self.embed_count = 0
         self._cache: OrderedDict[str, _Embedding] = OrderedDict()
         self._pending: dict[str, _Pending] = {}
-        self._dense_pe: "torch.Tensor | None" = None  # the decoder's positional encoding, see _image_pe
         self._lock = threading.Lock()  # guards _cache, _pending, embed_count; held only briefly
         self._encoder_lock = threading.Lock()  # one image encoding at a time
 
@@ -305,6 +313,7 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
         low_res_logits=np.repeat(logits[None], 3, axis=0),
         method="grabcut",
         notices=[GRABCUT_NOTICE],
+        distinct=1,
     )
 
 
