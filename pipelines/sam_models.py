@@ -4,6 +4,9 @@
     sam = load_sam(path, "vit_b", "cuda")          # a checkpoint, checked against its variant
     predictor, notices = get_predictor(settings)   # THE shared predictor (None: use GrabCut)
 
+The *_onnx variants (`settings.sam_is_onnx`) load an encoder + decoder pair with onnxruntime instead
+(`sam_onnx.load_onnx_sam`), through the same cache, downloads and status line.
+
 `SAM_VARIANTS` is a plain dict, like segment-anything's `sam_model_registry`: each entry builds an
 untrained model. Other code (the tests' tiny model) adds its own entries; no architecture is inferred
 from a checkpoint's tensor shapes. `load_sam` refuses a checkpoint that does not fit its variant with
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 from . import downloads
 from .errors import one_line
 from .masking import MaskPredictor
-from .settings import SAM_MODEL_TYPES, Settings
+from .settings import SAM_MODEL_TYPES, SAM_ONNX_TYPES, Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -47,8 +50,10 @@ def _official(name: str) -> Callable[[], "Sam"]:
     return build
 
 
-# name -> a function building the untrained model. The settings' variants are the official three.
-SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {name: _official(name) for name in SAM_MODEL_TYPES}
+# name -> a function building the untrained model: the settings' PyTorch variants, the official
+# three. The *_onnx variants need no builder: their files hold the whole graph (see sam_onnx).
+SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {
+    name: _official(name) for name in SAM_MODEL_TYPES if name not in SAM_ONNX_TYPES}
 
 
 # ----------------------------------------------------------------------------------------------

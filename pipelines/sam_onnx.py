@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # SAM's, RGB on 0-255
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
-FRAME = 1024  # the official encoders' square input (an NCHW encoder's own size wins)
+FRAME = 1024  # the official encoders' square input, when the encoder's shapes do not say otherwise
 MASK_THRESHOLD = 0.0  # Sam.mask_threshold: logits above it are the subject
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
                   "orig_im_size")
@@ -116,9 +116,10 @@ class OnnxMaskPredictor(MaskPredictor):
         if self._nchw:  # (1, 3, S, S): S is the frame
             self.frame = inp.shape[-1] if isinstance(inp.shape[-1], int) else FRAME
             self._fixed = None
-        else:  # (H, W, 3): the graph pads to the official frame; a fixed H x W is filled as rembg does
-            self.frame = FRAME
-            h, w = inp.shape[:2]
+        else:  # (H, W, 3): the graph pads to its frame, 16x its output grid (SAM's encoders' stride)
+            grid = encoder.get_outputs()[0].shape[-1]
+            self.frame = 16 * grid if isinstance(grid, int) else FRAME
+            h, w = inp.shape[:2]  # a fixed H x W is filled as rembg does
             self._fixed = (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
     def _check(self, names: tuple[Path, Path]) -> None:
@@ -171,13 +172,11 @@ class OnnxMaskPredictor(MaskPredictor):
                 mask_input: np.ndarray | None = None) -> MaskPrediction:
         """SAM's candidate masks for the clicks, as `MaskPredictor.predict` (same arguments, result
         and errors); `distinct` is 1 when the decoder gives a single mask."""
-        import cv2
-
         check_points(image, points)
         key, emb = self._embedding(image)
-        (height, width), (rh, rw) = emb.original_size, emb.input_size
-        # 1. Clicks into the encoder's frame (X, Y), and the padding point SAM adds without a box.
-        coords = np.array([[p.x * rw / width, p.y * rh / height] for p in points] + [[0.0, 0.0]], np.float32)
+        rh, rw = emb.input_size
+        # 1. Clicks into the encoder's frame, and the padding point SAM adds without a box.
+        coords = np.concatenate([self.frame_coords(points, emb), [[0.0, 0.0]]]).astype(np.float32)
         labels = np.array([p.label for p in points] + [-1], np.float32)
         low = 4 * emb.features.shape[-1]  # the low-resolution mask side: 4x the embedding grid
         if mask_input is None:
@@ -198,12 +197,27 @@ class OnnxMaskPredictor(MaskPredictor):
         scores, low_res = scores[order], low_res[order]
         if distinct == 1:
             scores, low_res = np.repeat(scores, 3), np.repeat(low_res, 3, axis=0)
-        # 3. Upscale as Sam.postprocess_masks: to the frame, unpad, to the photo (bilinear, like
-        # F.interpolate with align_corners=False); the candidates are resized together as channels.
-        stack = np.ascontiguousarray(low_res.transpose(1, 2, 0))  # (h, w, 3)
+        # 3. Masks at the photo's size.
+        masks = self.photo_logits(low_res, emb) > MASK_THRESHOLD
+        return MaskPrediction(masks=masks, scores=scores, low_res_logits=low_res, method="sam", notices=[],
+                              distinct=distinct)
+
+    def frame_coords(self, points: list[ClickPoint], emb: _Embedding) -> np.ndarray:
+        """The clicks in the encoder's frame: (N, 2) float64, each (X, Y) scaled as the photo was
+        (`ResizeLongestSide.apply_coords`: X * rw / W, Y * rh / H)."""
+        (height, width), (rh, rw) = emb.original_size, emb.input_size
+        return np.array([[p.x * rw / width, p.y * rh / height] for p in points], np.float64)
+
+    def photo_logits(self, low_res: np.ndarray, emb: _Embedding) -> np.ndarray:
+        """Low-resolution logits (N, h, w) to the photo, (N, H, W) float32, as `Sam.postprocess_masks`:
+        to the square frame, crop the padding, to the photo (bilinear, as F.interpolate with
+        align_corners=False; the candidates are resized together, as channels)."""
+        import cv2
+
+        (height, width), (rh, rw) = emb.original_size, emb.input_size
+        stack = np.ascontiguousarray(low_res.transpose(1, 2, 0))  # (h, w, N)
         logits = cv2.resize(stack, (self.frame, self.frame), interpolation=cv2.INTER_LINEAR)[:rh, :rw]
         if (rh, rw) != (height, width):
             logits = cv2.resize(np.ascontiguousarray(logits), (width, height), interpolation=cv2.INTER_LINEAR)
-        masks = (logits > MASK_THRESHOLD).transpose(2, 0, 1)
-        return MaskPrediction(masks=np.ascontiguousarray(masks), scores=scores, low_res_logits=low_res,
-                              method="sam", notices=[], distinct=distinct)
+        logits = logits.reshape(height, width, -1)  # cv2 drops a last axis of 1
+        return np.ascontiguousarray(logits.transpose(2, 0, 1))

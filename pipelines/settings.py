@@ -68,7 +68,7 @@ class Settings:
         "SDXL: a Hugging Face model id or a local diffusers folder")
     sam_model_type: str = _setting(
         "vit_h", "BACKDROP_SAM_MODEL_TYPE", "--sam-model-type",
-        "Segment Anything variant (*_onnx: the ONNX export, run with onnxruntime: no PyTorch at click time)",
+        "Segment Anything variant (*_onnx: its ONNX export run with onnxruntime, fast clicks on a CPU)",
         SAM_MODEL_TYPES)
     sam_checkpoint: Path | None = _setting(
         None, "BACKDROP_SAM_CHECKPOINT", "--sam-checkpoint",
