@@ -160,8 +160,9 @@ def ensure_sam_file(path: Path, settings: Settings, on_progress: ProgressFn | No
     if path.is_file():
         return path
     if path.name not in SAM_DOWNLOADS:
+        family = [n for n in SAM_DOWNLOADS if (n in SAM_ONNX_DOWNLOADS) == (path.suffix == ".onnx")]
         raise RuntimeError(f"SAM checkpoint {path} does not exist (only the official files "
-                           f"{', '.join(SAM_DOWNLOADS)} are downloaded)")
+                           f"{', '.join(family)} are downloaded)")
     if not (settings.sam_auto_download or force):
         raise RuntimeError(f"SAM checkpoint {path} does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off")
     checksum, size = SAM_DOWNLOADS[path.name]
