@@ -86,8 +86,13 @@ def load_onnx_sam(encoder: Path, decoder: Path, cache_size: int = 4, variant: st
     for path, part in ((Path(encoder), "encoder"), (Path(decoder), "decoder")):
         if not path.is_file():
             raise RuntimeError(f"SAM ONNX {part} {path} does not exist")
+        options = ort.SessionOptions()
+        # The encoder runs once per photo, and at its peak (ViT-B's global attention at 1024x1024)
+        # needs GBs that onnxruntime's arena would then keep for good; the decoder's small buffers
+        # are reused on every click.
+        options.enable_cpu_mem_arena = part == "decoder"
         try:
-            sessions.append(ort.InferenceSession(str(path), providers=providers))
+            sessions.append(ort.InferenceSession(str(path), options, providers=providers))
         except Exception as err:  # onnxruntime raises its own types for unreadable or invalid models
             raise RuntimeError(f"SAM ONNX {part} {path} is not a readable ONNX model ({one_line(err)[:160]})") from err
     return OnnxMaskPredictor(*sessions, cache_size=cache_size, variant=variant, notices=notices,
