@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipelines import downloads, sam_models
 from pipelines.masking import MaskPredictor, predict_masks
+from pipelines.page import candidate_choices
 from pipelines.sam_models import get_predictor, load_sam, sam_status
 from pipelines.sam_onnx import OnnxMaskPredictor, load_onnx_sam
 from pipelines.settings import Settings
@@ -139,6 +140,7 @@ def test_preprocessing_inside_the_graph_and_a_single_mask_decoder(onnx_pairs):
     result = predict_masks(image, [ClickPoint(100, 150, 1)], hwc)
     assert result.distinct == 1 and result.masks.shape == (3, 300, 200)
     assert (result.masks == result.masks[:1]).all() and (result.scores == result.scores[0]).all()
+    assert candidate_choices(result) == [(f"1 (score {result.scores[0]:.2f})", 0)]  # one mask to pick, not three
     assert hwc.embed_count == 1  # the click reused the embedding
 
 
