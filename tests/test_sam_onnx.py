@@ -28,7 +28,8 @@ def export_tiny_sam(sam, folder: Path, layout: str = "nchw", single_mask: bool =
     """The tiny SAM as an ONNX (encoder, decoder) pair, exported as the official scripts do.
 
     layout "nchw": the encoder alone, taking the normalised, padded (1, 3, S, S) input;
-    "hwc": normalising and padding inside the graph, taking the resized (H, W, 3) photo, 0-255.
+    "hwc": normalising and padding inside the graph, taking the resized (H, W, 3) photo, 0-255;
+    "hwc_fixed": the same with a fixed input of 3/4 S x S (as rembg's exports take 684 x 1024).
     """
     from segment_anything.utils.onnx import SamOnnxModel
 
@@ -51,9 +52,9 @@ def export_tiny_sam(sam, folder: Path, layout: str = "nchw", single_mask: bool =
             torch.onnx.export(sam.image_encoder, (torch.randn(1, 3, size, size),), encoder, dynamo=False,
                               input_names=["input"], output_names=["output"])
         else:
+            dynamic = {"input_image": {0: "height", 1: "width"}} if layout == "hwc" else None
             torch.onnx.export(Preprocessed().eval(), (torch.rand(size * 3 // 4, size, 3) * 255,), encoder, dynamo=False,
-                              input_names=["input_image"], output_names=["image_embeddings"],
-                              dynamic_axes={"input_image": {0: "height", 1: "width"}})
+                              input_names=["input_image"], output_names=["image_embeddings"], dynamic_axes=dynamic)
         grid = sam.prompt_encoder.image_embedding_size
         dummy = {
             "image_embeddings": torch.randn(1, sam.prompt_encoder.embed_dim, *grid),
@@ -81,6 +82,7 @@ def onnx_pairs(tiny_sam, tmp_path_factory):
     return {
         "nchw": export_tiny_sam(tiny_sam, folder, "nchw"),
         "hwc_single": export_tiny_sam(tiny_sam, folder, "hwc", single_mask=True),
+        "hwc_fixed": export_tiny_sam(tiny_sam, folder, "hwc_fixed"),
     }
 
 
@@ -142,6 +144,23 @@ def test_preprocessing_inside_the_graph_and_a_single_mask_decoder(onnx_pairs):
     assert (result.masks == result.masks[:1]).all() and (result.scores == result.scores[0]).all()
     assert candidate_choices(result) == [(f"1 (score {result.scores[0]:.2f})", 0)]  # one mask to pick, not three
     assert hwc.embed_count == 1  # the click reused the embedding
+
+
+def test_an_encoder_of_fixed_size_gets_the_photo_fitted_into_it(onnx_pairs):
+    nchw = load_onnx_sam(*onnx_pairs["nchw"])
+    fixed = load_onnx_sam(*onnx_pairs["hwc_fixed"])
+    assert fixed._fixed == (192, 256) and fixed.frame == 256
+    landscape = photo(320, 240, seed=2)  # 4:3, the fixed input's own shape: the same embedding
+    nchw.embed(landscape), fixed.embed(landscape)
+    (a,), (b,) = nchw._cache.values(), fixed._cache.values()
+    assert a.input_size == b.input_size == (192, 256)
+    np.testing.assert_allclose(a.features, b.features, atol=1e-4)
+    # A portrait photo is scaled to fit 192 rows (not to a 256 long side), padded with black.
+    portrait = photo(200, 300, seed=3)
+    result = predict_masks(portrait, [ClickPoint(100, 150, 1)], fixed)
+    (entry,) = [e for e in fixed._cache.values() if e.original_size == (300, 200)]
+    assert entry.input_size == (192, 128) and result.masks.shape == (3, 300, 200)
+    np.testing.assert_allclose(fixed.frame_coords([ClickPoint(100, 150, 1)], entry), [[64.0, 96.0]])
 
 
 def test_bad_files_are_one_line_errors(onnx_pairs, tmp_path):
