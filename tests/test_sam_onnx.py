@@ -13,7 +13,7 @@ import torch
 from file_server import FileServer
 from PIL import Image
 
-from pipelines import downloads, sam_models
+from pipelines import downloads
 from pipelines.masking import MaskPredictor, predict_masks
 from pipelines.page import candidate_choices
 from pipelines.sam_models import get_predictor, load_sam, sam_status
