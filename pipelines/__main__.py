@@ -200,11 +200,12 @@ def _progress(stage: str, i: int, n: int, preview) -> None:
 
 def cmd_download(args, settings: Settings) -> int:
     """`download [sdxl|sam|subject|all]`: fetch the models so later runs need no network."""
-    from pipelines.downloads import ensure_sam_checkpoint, sdxl_folder
+    from pipelines.downloads import ensure_sam_files, sdxl_folder
     from pipelines.subject import ensure_subject_model
 
     if args.what in ("sam", "all"):
-        print(f"SAM: {ensure_sam_checkpoint(settings, force=True)}")
+        for path in ensure_sam_files(settings, force=True):  # one .pth, or an ONNX encoder and decoder
+            print(f"SAM: {path}")
     if args.what in ("subject", "all"):
         print(f"subject model: {ensure_subject_model(settings, force=True)}")
     if args.what in ("sdxl", "all"):

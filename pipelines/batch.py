@@ -47,8 +47,8 @@ from pipelines.types import ClickPoint, EditOption, EditRequest, edit_options
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Settings that change what a row produces, hashed into its key along with the row.
-KEYED_SETTINGS = ("sdxl_model", "sam_model_type", "sam_checkpoint", "working_pixels", "vision_model",
-                  "text_model", "llm_temperature")
+KEYED_SETTINGS = ("sdxl_model", "sam_model_type", "sam_checkpoint", "sam_decoder", "working_pixels", "vision_model",
+                  "text_model", "llm_temperature")  # a None one (sam_decoder of a .pth variant) is left out
 AUTO_INSET = 0.03  # corner clicks of the automatic subject sit this fraction of each side inside
 
 
@@ -158,7 +158,7 @@ def make_tasks(rows: Iterable[Mapping[str, str]], defaults: Mapping[str, Any], b
     A row whose cells or files are bad gets `error` set instead of raising: the others go on.
     """
     columns = request_columns()
-    keyed = {name: str(getattr(settings, name)) for name in KEYED_SETTINGS}
+    keyed = {name: str(value) for name in KEYED_SETTINGS if (value := getattr(settings, name)) is not None}
     tasks = []
     for number, row in enumerate(rows, start=1):
         task = Task(row=number, photo=(base / row.get("photo", "")).resolve())

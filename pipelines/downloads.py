@@ -3,6 +3,7 @@
     folder = sdxl_folder(settings)                    # a local folder: the cache first, then the hub
     tokenizers = sdxl_folder(settings, tokenizers_only=True)   # just SDXL's tokenizers (a few MB)
     path = ensure_sam_checkpoint(settings)            # the SAM checkpoint, downloaded if missing
+    paths = ensure_sam_files(settings)                # ... and an ONNX variant's decoder
     python -m pipelines download [sdxl|sam|all]       # prepare a machine once, then run offline
 
 Progress: `on_progress(bytes_done, bytes_total)` (total 0 when unknown), for the page's bar; a tqdm
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import one_line
-from .settings import SAM_CHECKPOINT_NAMES, Settings
+from .settings import SAM_CHECKPOINT_NAMES, SAM_DECODER_NAMES, Settings
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; total 0 when unknown)
 DOWNLOAD_TIMEOUT = 10.0  # seconds to connect, and the longest a read may stall; offline fails fast
@@ -70,73 +71,107 @@ def _bar(total: int | None, desc: str):
 # ----------------------------------------------------------------------------------------------
 # SAM
 # ----------------------------------------------------------------------------------------------
-# The official checkpoints: file name -> (start of its SHA-256, size in bytes). The names end in
+# The official checkpoints: file name -> (checksum, size in bytes or None). The .pth names end in
 # the first hex digits of the file's SHA-256 (torch-hub style), so the hash prefix comes from the
-# name itself; the sizes are what dl.fbaipublicfiles.com serves.
+# name itself; the sizes are what dl.fbaipublicfiles.com serves. The ONNX files are rembg's: their
+# MD5s are the ones rembg pins (rembg/sessions/sam.py, SAM_CHECKSUMS); the vit_b pair's sizes are
+# what its release serves (the others' are not known here, so only their MD5 is checked).
 SAM_CHECKPOINT_SIZES = {
     "sam_vit_h_4b8939.pth": 2564550879,
     "sam_vit_l_0b3195.pth": 1249524607,
     "sam_vit_b_01ec64.pth": 375042383,
 }
+SAM_ONNX_DOWNLOADS: dict[str, tuple[str, int | None]] = {
+    "sam_vit_b_01ec64.encoder.quant.onnx": ("md5:26fc0e01d2fa34ed2d3f91259118482d", 108836115),
+    "sam_vit_b_01ec64.decoder.quant.onnx": ("md5:45391530307d1aee79b2a1507769e6c7", 8755366),
+    "sam_vit_l_0b3195.encoder.quant.onnx": ("md5:83f7fe08c2f8b94b6d08c3e44cf1de0e", None),
+    "sam_vit_l_0b3195.decoder.quant.onnx": ("md5:e78ca201f5ae92288945623f48088b7c", None),
+    "sam_vit_h_4b8939.encoder.quant.onnx": ("md5:391503beb5e5d7d1ae6f55d0cecabd50", None),
+    "sam_vit_h_4b8939.decoder.quant.onnx": ("md5:4c86ebeecbe2e6325203b641b8702a5b", None),
+}
 SAM_DOWNLOADS: dict[str, tuple[str, int | None]] = {
-    name: (re.search(r"_([0-9a-f]+)\.pth$", name).group(1), SAM_CHECKPOINT_SIZES[name])
-    for name in SAM_CHECKPOINT_NAMES.values()
+    **{name: (re.search(r"_([0-9a-f]+)\.pth$", name).group(1), SAM_CHECKPOINT_SIZES[name])
+       for name in SAM_CHECKPOINT_NAMES.values() if name.endswith(".pth")},
+    **SAM_ONNX_DOWNLOADS,
 }
 _SAM_LOCK = threading.Lock()  # two sessions do not download the same 2.5 GB twice
 
 
 def sam_download_size(name: str) -> int | None:
-    """The size of an official checkpoint by file name; None for any other name."""
+    """The size of an official file by name; None for any other name, or when it is not known."""
     return SAM_DOWNLOADS[name][1] if name in SAM_DOWNLOADS else None
+
+
+def sam_files(settings: Settings) -> list[Path]:
+    """The files SAM loads from: the checkpoint, or the ONNX variants' encoder and decoder."""
+    return [Path(settings.sam_checkpoint)] + ([Path(settings.sam_decoder)] if settings.sam_is_onnx else [])
 
 
 def sam_checkpoint_hint(settings: Settings) -> str:
     """What to do about a missing SAM checkpoint, e.g. "put sam_vit_h_4b8939.pth in checkpoints/, or
     run `python -m pipelines download sam`: 2.6 GB"."""
-    path = Path(settings.sam_checkpoint)
-    name = path.name if path.name in SAM_DOWNLOADS else SAM_CHECKPOINT_NAMES.get(settings.sam_model_type)
-    if name is None:  # a variant without an official file
-        return f"put its checkpoint at {path}"
-    size = sam_download_size(name)
-    return f"put {name} in {path.parent}/, or run `python -m pipelines download sam`: {format_size(size)}"
+    paths = sam_files(settings)
+    names = [path.name if path.name in SAM_DOWNLOADS else None for path in paths]
+    if settings.sam_model_type in SAM_CHECKPOINT_NAMES:
+        official = [SAM_CHECKPOINT_NAMES[settings.sam_model_type]]
+        official += [SAM_DECODER_NAMES[settings.sam_model_type]] if settings.sam_is_onnx else []
+        names = [name or default for name, default in zip(names, official)]
+    if None in names:  # a variant without official files
+        return f"put its {'files' if len(paths) > 1 else 'checkpoint'} at {' and '.join(map(str, paths))}"
+    sizes = [sam_download_size(name) for name in names]
+    size = f": {format_size(sum(sizes))}" if None not in sizes else ""
+    return f"put {' and '.join(names)} in {paths[0].parent}/, or run `python -m pipelines download sam`{size}"
 
 
 def ensure_sam_checkpoint(settings: Settings, on_progress: ProgressFn | None = None,
                           force: bool = False) -> Path:
-    """The SAM checkpoint's path, downloading the official file first if it is missing.
+    """The SAM checkpoint's path (the ONNX variants': the encoder's), downloading the official file
+    first if it is missing. See `ensure_sam_file`."""
+    return ensure_sam_file(Path(settings.sam_checkpoint), settings, on_progress, force)
 
-    Only official file names (`SAM_DOWNLOADS`) are downloaded, from `settings.sam_download_base` +
+
+def ensure_sam_files(settings: Settings, on_progress: ProgressFn | None = None, force: bool = False) -> list[Path]:
+    """Every file SAM loads from (`sam_files`), each downloaded first if it is missing."""
+    return [ensure_sam_file(path, settings, on_progress, force) for path in sam_files(settings)]
+
+
+def ensure_sam_file(path: Path, settings: Settings, on_progress: ProgressFn | None = None,
+                    force: bool = False) -> Path:
+    """`path`, downloading the official file of that name first if it is missing.
+
+    Only official file names (`SAM_DOWNLOADS`) are downloaded: the .pth files from
+    `settings.sam_download_base` + name, the ONNX files from `settings.sam_onnx_download_base` +
     name (see `download_checkpoint`).
 
     Args:
-        settings: `sam_checkpoint`, `sam_download_base`, `sam_auto_download` are read.
+        path: a SAM checkpoint, or an ONNX variant's encoder or decoder.
+        settings: `sam_download_base`, `sam_onnx_download_base`, `sam_auto_download` are read.
         on_progress: called as on_progress(bytes_done, bytes_total) while downloading.
         force: download even when `sam_auto_download` is off (the download command).
 
     Returns:
-        The path of the checkpoint, which now exists.
+        `path`, which now exists.
 
     Raises:
         RuntimeError: one line: the file is missing and may not or cannot be downloaded, or the
             download failed or was damaged.
     """
-    path = Path(settings.sam_checkpoint)
+    path = Path(path)
     if path.is_file():
         return path
     if path.name not in SAM_DOWNLOADS:
+        family = [n for n in SAM_DOWNLOADS if (n in SAM_ONNX_DOWNLOADS) == (path.suffix == ".onnx")]
         raise RuntimeError(f"SAM checkpoint {path} does not exist (only the official files "
-                           f"{', '.join(SAM_DOWNLOADS)} are downloaded)")
+                           f"{', '.join(family)} are downloaded)")
     if not (settings.sam_auto_download or force):
         raise RuntimeError(f"SAM checkpoint {path} does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off")
-    sha_prefix, size = SAM_DOWNLOADS[path.name]
-    url = settings.sam_download_base.rstrip("/") + "/" + path.name
+    checksum, size = SAM_DOWNLOADS[path.name]
+    base = settings.sam_onnx_download_base if path.name in SAM_ONNX_DOWNLOADS else settings.sam_download_base
+    url = base.rstrip("/") + "/" + path.name
     with _SAM_LOCK:
         if not path.is_file():
-            download_checkpoint(url, path, sha_prefix, size, on_progress=on_progress)
+            download_checkpoint(url, path, checksum, size, on_progress=on_progress)
     return path
-
-
-_HASH_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
 
 
 def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int | None = None,
@@ -145,15 +180,15 @@ def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int 
 
     A `.part` file left by an interrupted download is continued with an HTTP Range request (a server
     that ignores Range sends the whole file, which then replaces it). When the bytes are all there,
-    the size and the SHA-256 prefix are checked over the whole file and only then is it moved to
+    the size and the checksum are checked over the whole file and only then is it moved to
     `dest` (atomically: a reader sees no file or the whole file). A damaged file is deleted; a cut
     connection leaves the `.part` file for the next try.
 
     Args:
         url: the file's address.
         dest: where it ends up; its folder is created.
-        checksum: the first hex digits of the file's SHA-256, or "md5:<hex>" (rembg's models are
-            published with their MD5).
+        checksum: the first hex digits of the file's SHA-256, or "md5:" and its whole MD5 (as rembg
+            publishes its files' sums).
         expected_size: its size in bytes, when known.
         on_progress: called as on_progress(bytes_done, bytes_total), bytes_total 0 when unknown.
         timeout: seconds to connect, and the longest any single read may stall.
@@ -173,8 +208,7 @@ def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int 
         part.unlink()
         offset = 0
 
-    algorithm, _, expected = checksum.rpartition(":")
-    algorithm = algorithm or "sha256"
+    algorithm, expected = checksum.split(":", 1) if checksum.startswith("md5:") else ("sha256", checksum)
     digest = hashlib.new(algorithm)
     if offset:  # the bytes already there count towards the hash
         with open(part, "rb") as handle:
@@ -182,13 +216,14 @@ def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int 
                 digest.update(chunk)
     total = expected_size
     if expected_size is None or offset < expected_size:
-        total = _fetch(url, part, offset, digest, expected_size, on_progress, timeout, hint)
+        total, digest = _fetch(url, part, offset, digest, expected_size, on_progress, timeout, hint)
 
-    got = digest.hexdigest()
-    if not got.startswith(expected):
+    found = digest.hexdigest()
+    if not found.startswith(expected):
         part.unlink(missing_ok=True)  # resuming would not mend it
-        raise RuntimeError(f"downloaded {dest.name} is damaged: its {_HASH_NAMES.get(algorithm, algorithm)} starts with "
-                           f"{got[:len(expected)]}, expected {expected} ({hint})")
+        label = {"sha256": "SHA-256", "md5": "MD5"}[algorithm]
+        raise RuntimeError(f"downloaded {dest.name} is damaged: its {label} starts with "
+                           f"{found[:len(expected)]}, expected {expected} ({hint})")
     if total is not None and part.stat().st_size != total:
         raise RuntimeError(f"download of {url} stopped at {part.stat().st_size} of {total} bytes ({hint})")
     os.replace(part, dest)
@@ -196,16 +231,16 @@ def download_checkpoint(url: str, dest: Path, checksum: str, expected_size: int 
 
 
 def _fetch(url: str, part: Path, offset: int, digest, expected_size: int | None,
-           on_progress: ProgressFn | None, timeout: float, hint: str) -> int | None:
-    """Append the bytes from `offset` on to `part`, updating `digest`. Returns the file's total size."""
+           on_progress: ProgressFn | None, timeout: float, hint: str) -> tuple[int | None, "hashlib._Hash"]:
+    """Append the bytes from `offset` on to `part`, updating `digest`. Returns the file's total size
+    and the digest of the whole file (a fresh one when the download starts over)."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # the server disagrees about the partial file: start over
             part.unlink()
-            digest.__init__()
-            return _fetch(url, part, 0, digest, expected_size, on_progress, timeout, hint)
+            return _fetch(url, part, 0, hashlib.new(digest.name), expected_size, on_progress, timeout, hint)
         raise RuntimeError(f"could not download {url}: HTTP {err.code} {err.reason} ({hint})") from err
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
@@ -221,7 +256,7 @@ def _fetch(url: str, part: Path, offset: int, digest, expected_size: int | None,
             total: int | None = int(match.group(2))
         else:  # 200: the whole file (the server ignored Range, or this is the first try)
             if offset:
-                digest.__init__()
+                digest = hashlib.new(digest.name)  # hashlib objects cannot be reset in place
             offset, total = 0, length
         if total is not None and expected_size is not None and total != expected_size:
             raise RuntimeError(f"{url} is {total} bytes, expected {expected_size} ({hint})")
@@ -245,7 +280,7 @@ def _fetch(url: str, part: Path, offset: int, digest, expected_size: int | None,
             bar.close()
     if total is not None and done != total:
         raise RuntimeError(f"download of {url} stopped at {done} of {total} bytes; run again to resume ({hint})")
-    return total
+    return total, digest
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ GRABCUT_NOTICE = (f"No SAM checkpoint: masks come from GrabCut (rough: run `pyth
                   "checkpoints/, or run `python -m pipelines download sam` for Segment Anything masks)")
 SUBJECT_FALLBACK_NOTICE = ("No SAM checkpoint: masks come from the subject model {model} and GrabCut (put "
                            f"{SAM_CHECKPOINT_NAMES['vit_h']} in the checkpoint folder for Segment Anything masks)")
-TOO_SMALL = 0.0005  # a fallback mask under this share of the photo cannot be what was clicked
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,6 +63,8 @@ class MaskPrediction:
             256 for the official models), same order as `masks`; feed one back as `mask_input`.
         method: "sam", "subject" (the subject model's map and GrabCut) or "grabcut".
         notices: things the person should know (fallbacks).
+        distinct: how many of the candidates are different masks: 3, or 1 when the model gives one
+            (GrabCut, and ONNX decoders exported with a single mask output, repeat it three times).
     """
 
     masks: np.ndarray
@@ -71,6 +72,7 @@ class MaskPrediction:
     low_res_logits: np.ndarray
     method: str
     notices: list[str] = field(default_factory=list)
+    distinct: int = 3
 
     def next_mask_input(self, candidate: int = 0) -> np.ndarray:
         """The `mask_input` for the next click: the chosen candidate's logits, float32 (1, h, w)."""
@@ -84,7 +86,8 @@ class MaskPrediction:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class _Embedding:
-    features: "torch.Tensor"  # (1, C, h, w) float32 on the model's device, the image encoder's output
+    features: "torch.Tensor | np.ndarray"  # (1, C, h, w) float32, the image encoder's output (torch on
+    # the model's device for the PyTorch models, numpy for the ONNX ones)
     original_size: tuple[int, int]  # the photo's (H, W)
     input_size: tuple[int, int]  # (H, W) after resizing the long side to the encoder's input size
 
@@ -122,17 +125,21 @@ class MaskPredictor:
                  notices: list[str] | None = None) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        self._start_cache(cache_size, variant, notices)
+        self.sam = sam
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)  # stateless, shareable
+        self._dense_pe: "torch.Tensor | None" = None  # the decoder's positional encoding, see _image_pe
+
+    def _start_cache(self, cache_size: int, variant: str, notices: list[str] | None) -> None:
+        """The embedding cache and the status fields (shared with `sam_onnx.OnnxMaskPredictor`)."""
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
-        self.sam = sam
         self.cache_size = cache_size
         self.variant = variant
         self.notices = list(notices or [])
-        self.transform = ResizeLongestSide(sam.image_encoder.img_size)  # stateless, shareable
         self.embed_count = 0
         self._cache: OrderedDict[str, _Embedding] = OrderedDict()
         self._pending: dict[str, _Pending] = {}
-        self._dense_pe: "torch.Tensor | None" = None  # the decoder's positional encoding, see _image_pe
         self._lock = threading.Lock()  # guards _cache, _pending, embed_count; held only briefly
         self._encoder_lock = threading.Lock()  # one image encoding at a time
 
@@ -305,7 +312,8 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
             clicks is here otherwise: `MaskPredictor.predict` and `grabcut_mask` trust them.
 
     Returns:
-        A `MaskPrediction`. Without SAM, three identical candidates, scores 0, and a notice.
+        A `MaskPrediction`. Without SAM, three identical candidates, scores 0, and a notice. A best
+        mask far too small to be what was clicked (`too_small`) adds a notice saying what to do.
 
     Raises:
         ValueError: no positive point, or a point outside the photo.
@@ -313,7 +321,7 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     if not checked:
         check_points(image, points)
     if predictor is not None:
-        return predictor.predict(image, points, mask_input=mask_input)
+        return with_size_notice(predictor.predict(image, points, mask_input=mask_input), points)
     if subject_model is not None:
         from .subject import subject_from_clicks
 
@@ -322,18 +330,47 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     else:
         subject = grabcut_mask(image, points)
         method, notice = "grabcut", GRABCUT_NOTICE
-    notices = [notice]
-    if subject.sum() < TOO_SMALL * subject.size:
-        notices.append("the mask is far too small to be what was clicked: click the subject's middle, "
-                       "or add a click on each part")
     logits = _to_low_res_logits(subject)
-    return MaskPrediction(
+    return with_size_notice(MaskPrediction(
         masks=np.repeat(subject[None], 3, axis=0),
         scores=np.zeros(3, dtype=np.float32),
         low_res_logits=np.repeat(logits[None], 3, axis=0),
         method=method,
-        notices=notices,
-    )
+        notices=[notice],
+        distinct=1,
+    ), points)
+
+
+def click_radius(shape: tuple[int, int]) -> int:
+    """The radius in pixels of the spot one click marks on a photo of `shape` (H, W): 1.5% of its
+    short side (GrabCut's sure-subject disk; the spot a mask must clearly outgrow)."""
+    return max(2, round(0.015 * min(shape)))
+
+
+def too_small(area: int, shape: tuple[int, int], positives: int = 1) -> bool:
+    """Whether a mask of `area` pixels on a photo of `shape` (H, W) is far too small to be what was
+    clicked: under twice the spots the `positives` subject clicks mark (`click_radius`), and in any
+    case under 64 pixels: 226 pixels for one click on a 500x375 photo, 12723 on 12 MP (4000x3000)."""
+    return area < max(64, 2 * positives * np.pi * click_radius(shape) ** 2)
+
+
+def with_size_notice(prediction: MaskPrediction, points: list[ClickPoint]) -> MaskPrediction:
+    """`prediction` with one more notice when its best mask is far too small for the clicks
+    (`too_small`): what it covers and what to do, naming a larger candidate when there is one.
+    Returns it (changed in place)."""
+    masks = prediction.masks[:prediction.distinct]
+    areas = [int(m.sum()) for m in masks]
+    shape, positives = masks.shape[1:], sum(p.label == 1 for p in points)
+    if not too_small(areas[0], shape, positives):
+        return prediction
+    covers = "is empty" if areas[0] == 0 else f"covers only {areas[0]} pixels"
+    larger = next((k for k, a in enumerate(areas) if not too_small(a, shape, positives)), None)
+    if larger is not None:
+        advice = f"pick mask {larger + 1}, or click nearer the middle of the subject"
+    else:
+        advice = "click nearer the middle of the subject, or add a click on each of its parts"
+    prediction.notices.append(f"The mask {covers}, hardly more than the clicked spot: {advice}")
+    return prediction
 
 
 def _to_low_res_logits(subject: np.ndarray, size: int = 256) -> np.ndarray:
@@ -385,7 +422,7 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     h, w = small.shape[:2]
 
     seeds = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
-    radius = max(2, round(0.015 * min(h, w)))
+    radius = click_radius((h, w))
     centres = [(min(w - 1, int(p.x * scale)), min(h - 1, int(p.y * scale)), p.label) for p in points]
     for x, y, label in centres:
         cv2.circle(seeds, (x, y), radius, cv2.GC_FGD if label == 1 else cv2.GC_BGD, thickness=-1)

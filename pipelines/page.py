@@ -340,12 +340,13 @@ def found_prediction(subject: np.ndarray, notices: list[str]) -> masking.MaskPre
 
 
 def candidate_choices(prediction: masking.MaskPrediction | None) -> list[tuple[str, int]]:
-    """(label, index) for each mask the person can pick: SAM's three with scores, or GrabCut's one."""
+    """(label, index) for each mask the person can pick: SAM's three with scores (one where its
+    decoder gives one), or GrabCut's one."""
     if prediction is None:
         return []
     if prediction.method != "sam":  # GrabCut gives one mask, not three ranked ones
         return [("GrabCut" if prediction.method == "grabcut" else "Subject model", 0)]
-    return [(f"{i + 1} (score {s:.2f})", i) for i, s in enumerate(prediction.scores)]
+    return [(f"{i + 1} (score {s:.2f})", i) for i, s in enumerate(prediction.scores[:prediction.distinct])]
 
 
 def notices_markdown(notices: list[str]) -> str:

@@ -4,6 +4,9 @@
     sam = load_sam(path, "vit_b", "cuda")          # a checkpoint, checked against its variant
     predictor, notices = get_predictor(settings)   # THE shared predictor (None: use GrabCut)
 
+The *_onnx variants (`settings.sam_is_onnx`) load an encoder + decoder pair with onnxruntime instead
+(`sam_onnx.load_onnx_sam`), through the same cache, downloads and status line.
+
 `SAM_VARIANTS` is a plain dict, like segment-anything's `sam_model_registry`: each entry builds an
 untrained model. Other code (the tests' tiny model) adds its own entries; no architecture is inferred
 from a checkpoint's tensor shapes. `load_sam` refuses a checkpoint that does not fit its variant with
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 from . import downloads
 from .errors import one_line
 from .masking import MaskPredictor
-from .settings import SAM_MODEL_TYPES, Settings
+from .settings import SAM_MODEL_TYPES, SAM_ONNX_TYPES, Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -47,8 +50,10 @@ def _official(name: str) -> Callable[[], "Sam"]:
     return build
 
 
-# name -> a function building the untrained model. The settings' variants are the official three.
-SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {name: _official(name) for name in SAM_MODEL_TYPES}
+# name -> a function building the untrained model: the settings' PyTorch variants, the official
+# three. The *_onnx variants need no builder: their files hold the whole graph (see sam_onnx).
+SAM_VARIANTS: dict[str, Callable[[], "Sam"]] = {
+    name: _official(name) for name in SAM_MODEL_TYPES if name not in SAM_ONNX_TYPES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,10 +166,16 @@ class _Slot:
     signature: tuple | None = None  # the checkpoint's (size, mtime) the predictor was loaded from
     failure: str | None = None  # why the last attempt failed (for the status line; never blocks a retry)
     progress: tuple[int, int] | None = None  # (bytes done, bytes total) while downloading
+    decoder: Path | None = None  # the ONNX variants' decoder file, part of the signature
+
+    def files_signature(self, path: Path) -> tuple | None:
+        """The checkpoint's (and the decoder's) (size, mtime), None while one is missing."""
+        signatures = [_signature(path)] + ([_signature(self.decoder)] if self.decoder is not None else [])
+        return None if None in signatures else tuple(signatures)
 
     def current(self, path: Path) -> bool:
-        """A predictor is loaded, from the checkpoint as `path` is now."""
-        return self.predictor is not None and self.signature == _signature(path)
+        """A predictor is loaded, from the files as they are now."""
+        return self.predictor is not None and self.signature == self.files_signature(path)
 
 
 _SLOTS: dict[tuple, _Slot] = {}
@@ -173,10 +184,11 @@ _SLOTS_LOCK = threading.Lock()
 
 def _slot(settings: Settings) -> tuple[_Slot, Path, str]:
     path = Path(settings.sam_checkpoint).expanduser().resolve()
+    decoder = Path(settings.sam_decoder).expanduser().resolve() if settings.sam_decoder is not None else None
     device = settings.resolve_device()
-    key = (str(path), settings.sam_model_type, device, settings.sam_cache_size)
+    key = (str(path), str(decoder), settings.sam_model_type, device, settings.sam_cache_size)
     with _SLOTS_LOCK:
-        return _SLOTS.setdefault(key, _Slot()), path, device
+        return _SLOTS.setdefault(key, _Slot(decoder=decoder)), path, device
 
 
 def _signature(path: Path) -> tuple | None:
@@ -202,7 +214,7 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
     """
     slot, path, device = _slot(settings)
     predictor = slot.predictor
-    if predictor is not None and slot.signature == _signature(path):
+    if predictor is not None and slot.signature == slot.files_signature(path):
         return predictor, []
     if not slot.lock.acquire(blocking=False):
         progress = slot.progress
@@ -223,10 +235,14 @@ def get_predictor(settings: Settings) -> tuple[MaskPredictor | None, list[str]]:
 
 
 def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None:
+    """Load the predictor the settings name into `slot` (or record why it failed)."""
     def on_progress(done: int, total: int) -> None:
         slot.progress = (done, total)
 
     slot.predictor = None
+    if settings.sam_is_onnx:
+        _load_onnx_into(slot, settings, path, device, on_progress)
+        return
     variant, notices = settings.sam_model_type, []
     try:
         checkpoint = downloads.ensure_sam_checkpoint(settings, on_progress=on_progress)
@@ -247,7 +263,26 @@ def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None
     finally:
         slot.progress = None
     slot.predictor = MaskPredictor(sam, cache_size=settings.sam_cache_size, variant=variant, notices=notices)
-    slot.signature = _signature(path)
+    slot.signature = slot.files_signature(path)
+    slot.failure = None
+
+
+def _load_onnx_into(slot: _Slot, settings: Settings, path: Path, device: str, on_progress) -> None:
+    """As `_load_into`, for the ONNX variants: the encoder and decoder files, onnxruntime sessions."""
+    from .sam_onnx import load_onnx_sam
+
+    try:
+        encoder, decoder = downloads.ensure_sam_files(settings, on_progress=on_progress)
+        predictor = load_onnx_sam(encoder, decoder, cache_size=settings.sam_cache_size,
+                                  variant=settings.sam_model_type, device=device)
+    except RuntimeError as err:
+        slot.failure = f"SAM unavailable: {err}"
+        log.warning(slot.failure)
+        return
+    finally:
+        slot.progress = None
+    slot.predictor = predictor
+    slot.signature = slot.files_signature(path)
     slot.failure = None
 
 
@@ -268,13 +303,15 @@ def sam_status(settings: Settings) -> str:
         done, total = slot.progress
         return f"SAM {variant}: downloading {path.name} ({downloads.format_progress(done, total)})"
     hint = downloads.sam_checkpoint_hint(settings)
-    if slot.failure is not None and not path.is_file():
+    missing = [p for p in downloads.sam_files(settings) if not p.is_file()]
+    if slot.failure is not None and missing:
         return f"GrabCut fallback: {slot.failure} ({hint}); SAM is tried again on the next photo"
     if slot.failure is not None:
         return f"GrabCut fallback: {slot.failure}; SAM is tried again on the next photo"
-    if path.is_file():
+    if not missing:
         return f"SAM {variant} on {device} (loads on the first click)"
-    size = downloads.sam_download_size(path.name)
-    if settings.sam_auto_download and size is not None:
-        return f"SAM {variant} on {device} (downloads {path.name}, {downloads.format_size(size)}, on the first click)"
-    return f"GrabCut fallback: no SAM checkpoint at {path} ({hint})"
+    if settings.sam_auto_download and all(p.name in downloads.SAM_DOWNLOADS for p in missing):
+        sizes = [downloads.sam_download_size(p.name) for p in missing]
+        size = f", {downloads.format_size(sum(sizes))}" if None not in sizes else ""
+        return f"SAM {variant} on {device} (downloads {' and '.join(p.name for p in missing)}{size}, on the first click)"
+    return f"GrabCut fallback: no SAM checkpoint at {' and '.join(map(str, missing))} ({hint})"

@@ -28,12 +28,24 @@ SAFETY_LEVELS = ("off", "weak", "medium", "strong", "max")
 EDGE_MODES = ("matte", "feather", "hard")  # how the kept subject meets the new background (compositing)
 PLACES = ("center", "left", "right", "top", "bottom")  # where the photo sits on a larger canvas (canvas)
 SAFETY_CHECKER_MODES = ("off", "note", "blur", "block")  # what the post-hoc check does with a flagged output
-SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
-# The official file name of each SAM variant; the suffix is the start of the file's SHA-256.
+# Segment Anything: the official PyTorch checkpoints, and the same models exported to ONNX (an
+# encoder and a decoder each, run with onnxruntime; int8-quantised as rembg publishes them).
+SAM_ONNX_TYPES = ("vit_h_onnx", "vit_l_onnx", "vit_b_onnx")
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", *SAM_ONNX_TYPES)
+# The official file name of each SAM variant (the ONNX variants': their encoder). The .pth names end
+# in the start of the file's SHA-256; the ONNX names are rembg's, after the checkpoint they come from.
 SAM_CHECKPOINT_NAMES = {
     "vit_h": "sam_vit_h_4b8939.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_h_onnx": "sam_vit_h_4b8939.encoder.quant.onnx",
+    "vit_l_onnx": "sam_vit_l_0b3195.encoder.quant.onnx",
+    "vit_b_onnx": "sam_vit_b_01ec64.encoder.quant.onnx",
+}
+SAM_DECODER_NAMES = {  # the ONNX variants' decoders (prompt encoder + mask decoder)
+    "vit_h_onnx": "sam_vit_h_4b8939.decoder.quant.onnx",
+    "vit_l_onnx": "sam_vit_l_0b3195.decoder.quant.onnx",
+    "vit_b_onnx": "sam_vit_b_01ec64.decoder.quant.onnx",
 }
 # rembg's sessions the subject model may be (pipelines/subject.py knows each one's file and checksum)
 SUBJECT_MODELS = ("isnet-general-use", "u2net", "u2netp", "silueta", "birefnet-general-lite", "birefnet-general",
@@ -66,13 +78,20 @@ class Settings:
         "SDXL: a Hugging Face model id or a local diffusers folder")
     sam_model_type: str = _setting(
         "vit_h", "BACKDROP_SAM_MODEL_TYPE", "--sam-model-type",
-        "Segment Anything variant", SAM_MODEL_TYPES)
+        "Segment Anything variant (*_onnx: its ONNX export run with onnxruntime, fast clicks on a CPU)",
+        SAM_MODEL_TYPES)
     sam_checkpoint: Path | None = _setting(
         None, "BACKDROP_SAM_CHECKPOINT", "--sam-checkpoint",
-        "SAM weights file (default: <checkpoint dir>/<official name of the variant>)")
+        "SAM weights file, for the *_onnx variants the encoder (default: <checkpoint dir>/<official name of the variant>)")
+    sam_decoder: Path | None = _setting(
+        None, "BACKDROP_SAM_DECODER", "--sam-decoder",
+        "the *_onnx variants' decoder file (default: <checkpoint dir>/<official decoder name of the variant>)")
     sam_download_base: str = _setting(
         "https://dl.fbaipublicfiles.com/segment_anything/", "BACKDROP_SAM_DOWNLOAD_BASE",
         "--sam-download-base", "where a missing SAM checkpoint is downloaded from")
+    sam_onnx_download_base: str = _setting(
+        "https://github.com/danielgatis/rembg/releases/download/v0.0.0/", "BACKDROP_SAM_ONNX_DOWNLOAD_BASE",
+        "--sam-onnx-download-base", "where the *_onnx variants' missing files are downloaded from (rembg's releases)")
     sam_auto_download: bool = _setting(
         True, "BACKDROP_SAM_AUTO_DOWNLOAD", "--sam-auto-download",
         "download a missing SAM checkpoint (else fall back to GrabCut at once)")
@@ -194,6 +213,16 @@ class Settings:
         if self.sam_checkpoint is None:
             object.__setattr__(self, "sam_checkpoint",
                                self.checkpoint_dir / SAM_CHECKPOINT_NAMES[self.sam_model_type])
+        if self.sam_is_onnx and self.sam_decoder is None:
+            object.__setattr__(self, "sam_decoder", self.checkpoint_dir / SAM_DECODER_NAMES[self.sam_model_type])
+        elif not self.sam_is_onnx and self.sam_decoder is not None:
+            raise ValueError(f"BACKDROP_SAM_DECODER is read by the ONNX SAM variants only "
+                             f"({', '.join(SAM_ONNX_TYPES)}), not {self.sam_model_type}")
+
+    @property
+    def sam_is_onnx(self) -> bool:
+        """SAM runs as an ONNX encoder + decoder pair (onnxruntime), not a PyTorch checkpoint."""
+        return self.sam_model_type in SAM_ONNX_TYPES
 
     @property
     def erased_dir(self) -> Path:
