@@ -68,6 +68,8 @@ def ensure_imported() -> None:
         if _done.is_set():
             return
         start = time.perf_counter()
+        torch = importlib.import_module("torch")
+        threads = torch.get_num_threads()  # the process's own (Ray gives a CPU worker one)
         for name in REQUIRED:
             importlib.import_module(name)
         for name in OPTIONAL:
@@ -76,6 +78,10 @@ def ensure_imported() -> None:
                     importlib.import_module(name)
                 except Exception as err:  # an optional library that fails to import is reported where it is used
                     log.warning("optional library %s failed to import: %s", name, err)
+        # Importing pymatting (rembg imports it) sets torch's thread count to the machine's (measured:
+        # 1 -> 2 here); CPU convolutions round differently with another count, so a Ray worker's
+        # images would no longer match the same edit run in one thread.
+        torch.set_num_threads(threads)
         _seconds = time.perf_counter() - start
         _done.set()
         log.info("libraries imported in %.1f s", _seconds)

@@ -43,3 +43,15 @@ def test_the_libraries_are_imported_once_and_later_calls_return_at_once():
     run = subprocess.run([sys.executable, "-c", code], cwd=CHILD.parent.parent, capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)})
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_importing_the_libraries_keeps_the_processs_torch_threads():
+    """pymatting's import (through rembg) sets torch's thread count to the machine's; a Ray worker's
+    images then stopped matching the same edit run in one thread (test_batch's Ray test)."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from pipelines import libraries; libraries.ensure_imported()\n"
+            "import sys; print(torch.get_num_threads(), 'pymatting' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=CHILD.parent.parent, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["1", "True"]
