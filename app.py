@@ -214,7 +214,7 @@ def build_layout(settings: Settings) -> Page:
                     w["cancel"] = gr.Button("Cancel", elem_id="cancel", scale=1)
                 w["stroke"] = gr.Textbox(visible="hidden", elem_id="stroke")
                 w["examples"] = gr.Column(elem_id="examples")  # filled by `wire` (gr.Examples wires a click)
-                with section("Mask tools: points, brush, candidates, edge, mask files", "mask-tools"):
+                with section("Mask tools: find subject, points, brush, candidates, edge, mask files", "mask-tools"):
                     # The subject's row: an automatic "find the subject" button belongs at its front.
                     with gr.Row(elem_id="subject-row"):
                         w["find_subject"] = gr.Button("Find subject", size="sm", elem_id="find-subject")
