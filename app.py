@@ -4,8 +4,8 @@
     python app.py --listen --port 8080 --auth me:secret
 
 Read it in three parts, each alone: `build_layout` places the widgets and returns them as a `Page`;
-`Handlers` turns widget values into calls on `pipelines.workbench.Workbench` (background work per photo)
-and `pipelines.page` (typed session state, the Generate form, previews), and results back into
+`Handlers` turns widget values into calls on `pipelines.entry.workbench.Workbench` (background work per photo)
+and `pipelines.entry.page` (typed session state, the Generate form, previews), and results back into
 widget values; `wire` connects events to handlers. Only this file and `app_api.py` know about
 Gradio, and only they turn errors into one-line `gr.Error`s. Models never live in session state: the state
 holds the photo's key, the clicks and the current SAM prediction.
@@ -33,12 +33,12 @@ from PIL import Image
 
 import app_api
 from pipelines.errors import one_line
-from pipelines.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
+from pipelines.entry.page import (BACKGROUNDS, BRUSHES, CANVASES, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             found_prediction,
                             guidance_limits, mask_png, notices_markdown, preview, repaint_mask,
                             safety_markdown, uploaded_subject)
-from pipelines.page import choices as option_choices
-from pipelines.page import slider as option_slider
+from pipelines.entry.page import choices as option_choices
+from pipelines.entry.page import slider as option_slider
 from pipelines.settings import SAFETY_LEVELS, Settings, add_arguments
 from pipelines.types import edit_option
 
@@ -176,7 +176,7 @@ def build_layout(settings: Settings) -> Page:
     (SAM, Ollama, SDXL) stands above them, one line each. Everything else is in named sections
     under Generate, shut at load (`SECTION_CLASS`).
     """
-    from pipelines.few_step import FAST_PRESETS
+    from pipelines.diffusion.few_step import FAST_PRESETS
     from pipelines.prompting import MAX_TOKENS, default_negative_prompt, quality_words
 
     min_level = SAFETY_LEVELS.index(settings.min_safety)
@@ -548,7 +548,7 @@ class Handlers:
 
     def load(self):
         """-> status, erased choices, pull (shown only while Ollama runs without a model it needs)."""
-        from pipelines.erasure import list_erased
+        from pipelines.diffusion.erasure import list_erased
         from pipelines.prompting import OllamaUnavailable
 
         erased = ["none"] + list_erased(self.settings.erased_dir)
@@ -657,7 +657,7 @@ def wire(page: Page, on: Handlers) -> None:
 
 def build_demo(settings: Settings, studio=None) -> gr.Blocks:
     """Build the page and the API. `studio` defaults to a `Workbench` over `settings` (tests may pass their own)."""
-    from pipelines.workbench import Workbench
+    from pipelines.entry.workbench import Workbench
 
     studio = studio or Workbench(settings)
     page = build_layout(settings)
@@ -697,7 +697,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        from pipelines import output_check
+        from pipelines.composite import output_check
 
         settings = Settings.from_env(overrides=vars(args))
         # Said now, not at the first Generate: a deployment that needs nudenet and lacks it.

@@ -5,7 +5,7 @@
         photo=handle_file("photo.jpg"), points="512,380", keyword="forest", api_name="/edit")
 
 `register_api` adds them to the page's Blocks (`app.build_demo`), so they share its queue and locks.
-The work behind each, without Gradio, is `pipelines.api`; this file only turns Gradio's file values
+The work behind each, without Gradio, is `pipelines.entry.api`; this file only turns Gradio's file values
 into paths and back, and errors into one-line `gr.Error`s. Their docstrings are the API docs.
 """
 
@@ -49,7 +49,7 @@ _PICTURE = ("background_picture", gr.FileData | None, None,
 def _edit_parameters(request_type: type = EditRequest) -> list[tuple[str, object, object, str]]:
     """(name, annotation, default, one-line doc) of /edit's parameters: the inputs, then every option
     of `EditRequest` (`types.edit_options`), the picture upload after `background`."""
-    from pipelines.api import option_default
+    from pipelines.entry.api import option_default
 
     parameters = list(_EDIT_INPUTS)
     for option in edit_options(request_type):
@@ -112,7 +112,7 @@ def register_api(demo: gr.Blocks, studio, publish: Callable[[str], str]) -> None
     `/edit` shares the page's queue and GPU lock ("gpu"), `/mask` the clicks' ("sam"). Results
     reach the caller through Gradio's cache (`publish`), never from the output folder.
     """
-    from pipelines import api
+    from pipelines.entry import api
 
     def edit(*args, **kwargs) -> tuple[list[gr.FileData], dict]:
         # The signature and docs Gradio reads are made from EditRequest's options (edit_signature).

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_matting import timed  # noqa: E402
 
-from pipelines import backgrounds, canvas, compositing  # noqa: E402
+from pipelines.composite import backgrounds, canvas, compositing  # noqa: E402
 
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import make_photo  # noqa: E402
 from tiny_models import save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
-from pipelines import batch, cluster  # noqa: E402
+from pipelines.entry import batch, cluster  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 

@@ -47,10 +47,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.blending import blend, make_scheduler  # noqa: E402
-from pipelines.sdxl_models import SDXLComponents, load_sdxl  # noqa: E402
-from pipelines.few_step import FastPreset, use_fast  # noqa: E402
-from pipelines.safety import get_preset  # noqa: E402
+from pipelines.diffusion.blending import blend, make_scheduler  # noqa: E402
+from pipelines.diffusion.sdxl_models import SDXLComponents, load_sdxl  # noqa: E402
+from pipelines.diffusion.few_step import FastPreset, use_fast  # noqa: E402
+from pipelines.diffusion.safety import get_preset  # noqa: E402
 
 PROMPT = "a misty pine forest at dawn, soft light, award winning photograph"
 NEGATIVE = "blurry, low quality"

@@ -31,8 +31,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.masking import MaskPredictor  # noqa: E402
-from pipelines.sam_models import SAM_VARIANTS  # noqa: E402
+from pipelines.masks.masking import MaskPredictor  # noqa: E402
+from pipelines.masks.sam_models import SAM_VARIANTS  # noqa: E402
 from pipelines.types import ClickPoint  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def compare_onnx(args) -> None:
     import onnxruntime
     import torch
 
-    from pipelines.sam_onnx import load_onnx_sam
+    from pipelines.masks.sam_onnx import load_onnx_sam
 
     torch.manual_seed(0)
     sam = SAM_VARIANTS["vit_b"]().eval()

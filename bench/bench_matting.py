@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "tests" / "real"))
 
 import edge_pairs  # noqa: E402
 
-from pipelines import compositing, settings  # noqa: E402
+from pipelines import settings
+from pipelines.composite import compositing  # noqa: E402
 
 SUBJECT, PHOTO = "plants/trees/holm_oak.png", "building.jpg"
 

@@ -1,6 +1,6 @@
 """Memory over many edits in one process (tiny models, CPU): the table behind issue 13.5.
 
-Drives `pipelines.workbench.Workbench` as the page does (upload, click, mood, Generate) through
+Drives `pipelines.entry.workbench.Workbench` as the page does (upload, click, mood, Generate) through
 `tests/test_soak.py`'s `soak`: two sessions taking turns, each with a new photo every 3 edits, one
 edit cancelled half-way, the fake Ollama answering. After each edit and a garbage collection it
 records the process's resident memory (psutil RSS), threads and open files.
@@ -28,7 +28,7 @@ from conftest import TINY_WORKING_PIXELS, make_tiny_settings, start_fake_ollama 
 from test_soak import growth, soak  # noqa: E402
 from tiny_models import save_tiny_sam, save_tiny_sdxl  # noqa: E402
 
-from pipelines.workbench import Workbench  # noqa: E402
+from pipelines.entry.workbench import Workbench  # noqa: E402
 
 
 def main() -> None:

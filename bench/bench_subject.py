@@ -33,8 +33,8 @@ def main() -> None:
     from PIL import Image
 
     import assets
-    from pipelines import subject
-    from pipelines.masking import grabcut_mask
+    from pipelines.masks import subject
+    from pipelines.masks.masking import grabcut_mask
     from pipelines.types import ClickPoint
     from subject_photos import subject_photos
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines import backgrounds, canvas, compositing  # noqa: E402
+from pipelines.composite import backgrounds, canvas, compositing  # noqa: E402
 
 TILE = (200, 150)
 

@@ -34,8 +34,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import one_line
-from .settings import SAM_CHECKPOINT_NAMES, SAM_DECODER_NAMES, Settings
+from pipelines.errors import one_line
+from pipelines.settings import SAM_CHECKPOINT_NAMES, SAM_DECODER_NAMES, Settings
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total; total 0 when unknown)
 DOWNLOAD_TIMEOUT = 10.0  # seconds to connect, and the longest a read may stall; offline fails fast

@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from pipelines import (backgrounds, canvas, compositing, downloads, gpu_room, images, masking, output_check, outputs,
-                       prompting, ranking, sam_models)
-from pipelines import subject as subject_models
-from pipelines.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
+from pipelines import downloads, images, outputs, prompting
+from pipelines.composite import backgrounds, canvas, compositing, output_check, ranking
+from pipelines.diffusion import gpu_room
+from pipelines.masks import masking, sam_models
+from pipelines.masks import subject as subject_models
+from pipelines.diffusion.safety import MIN_GUIDANCE_WITH_SLD, SafetyPreset
 from pipelines.settings import SAFETY_LEVELS, Settings
 from pipelines.types import EditRequest, EditResult, SafetyRecord, check_schedule, edit_option, edit_options
 
 if TYPE_CHECKING:
-    from pipelines.few_step import FastPreset
+    from pipelines.diffusion.few_step import FastPreset
 
 # on_progress(stage, i, n, preview): stage is "mask", "mood", "prompt", "download", "load", "diffusion"
 # or "save"; i of n steps done (n = 0 when a stage has no steps; for "download", i of n bytes);
@@ -119,11 +121,11 @@ def validate_request(request: EditRequest, settings: Settings) -> ParsedOptions:
     checker = output_check.checker_mode(settings)  # a required check without nudenet is refused before any work
     fast = None
     if request.fast is not None:
-        from pipelines.few_step import get_fast_preset
+        from pipelines.diffusion.few_step import get_fast_preset
 
         fast = get_fast_preset(request.fast)  # every preset's guidance is >= 1, so SLD presets combine with it
     if request.erased is not None:
-        from pipelines.erasure import list_erased
+        from pipelines.diffusion.erasure import list_erased
 
         available = list_erased(settings.erased_dir)
         if request.erased not in available:
@@ -226,7 +228,7 @@ def run_edit(request: EditRequest, settings: Settings, on_progress: ProgressFn |
         ValueError: bad input (one line). blending.Cancelled, blending.GpuOutOfMemory,
         RuntimeError: the edit could not run (one line).
     """
-    from pipelines import safety
+    from pipelines.diffusion import safety
 
     report = on_progress or (lambda *a: None)
     timings: dict[str, float] = {}
@@ -369,9 +371,9 @@ def paint_generated(request: EditRequest, settings: Settings, subject: SubjectOn
                     should_cancel: Callable[[], bool] | None) -> Candidates:
     """Step 4 for a generated background: SDXL (with erased encoders and SLD) paints the repaint region
     at the working size, and each image is composited onto the photo at the canvas's full size."""
-    from pipelines import blending, safety, sdxl_models
-    from pipelines.erasure import with_erased_encoders
-    from pipelines.few_step import use_fast
+    from pipelines.diffusion import blending, safety, sdxl_models
+    from pipelines.diffusion.erasure import with_erased_encoders
+    from pipelines.diffusion.few_step import use_fast
 
     notices: list[str] = []
     timings: dict[str, float] = {}

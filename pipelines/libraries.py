@@ -8,8 +8,8 @@ diffusers' `__init__.py`, CPython waits for that import to finish but then hands
 the module object it found *before* waiting: the half-made plain module, not the lazy one that
 replaced it, and the import fails with "cannot import name 'DDIMScheduler' from 'diffusers'". On
 the page this happened at the first Generate after an upload: the page's status line (loading
-`pipelines.sdxl_models`) and the upload's early work were importing while Generate imported
-`pipelines.blending`. Once a package is fully imported, later threads get the lazy module and its
+`pipelines.diffusion.sdxl_models`) and the upload's early work were importing while Generate imported
+`pipelines.diffusion.blending`. Once a package is fully imported, later threads get the lazy module and its
 attribute look-ups import through `importlib`, which is safe.
 
 So the entry points call `ensure_imported()` before they touch a stage that uses these libraries:
@@ -45,8 +45,8 @@ REQUIRED = (
     "segment_anything",
     "segment_anything.modeling",
     "segment_anything.utils.transforms",
-    "pipelines.sdxl_models",
-    "pipelines.blending",
+    "pipelines.diffusion.sdxl_models",
+    "pipelines.diffusion.blending",
 )
 OPTIONAL = ("pymatting", "nudenet", "onnxruntime", "rembg")  # imported when installed
 

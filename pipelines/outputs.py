@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from pipelines import images
-from pipelines.output_check import describe_check
+from pipelines.composite.output_check import describe_check
 from pipelines.types import EditRequest, EditResult
 
 SAMPLER_NAMES = {"euler": "Euler", "dpmpp_2m": "DPM++ 2M", "euler_trailing": "Euler (trailing)",
@@ -80,7 +80,7 @@ def format_parameters(request: EditRequest, result: EditResult, seed: int, size:
     output). A plain background (`result.background` other than "generate") had no prompt, seed or
     model: its text has an empty prompt and only the fields that made it.
     """
-    from pipelines.safety import PRESET_LABELS
+    from pipelines.diffusion.safety import PRESET_LABELS
 
     record = result.safety
     checks = {check.seed: check for check in record.checks}

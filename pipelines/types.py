@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.few_step import FAST_PRESETS
+from pipelines.diffusion.few_step import FAST_PRESETS
 from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS
 
 if TYPE_CHECKING:  # the command line reads the options without loading numpy and Pillow

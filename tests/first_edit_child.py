@@ -19,7 +19,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from cold import half_mask, make_photo, make_tiny_settings, start_fake_ollama  # noqa: E402
 
-from pipelines.workbench import Workbench  # noqa: E402  (light: no torch, no diffusers yet)
+from pipelines.entry.workbench import Workbench  # noqa: E402  (light: no torch, no diffusers yet)
 from pipelines.types import ClickPoint, EditRequest  # noqa: E402
 
 

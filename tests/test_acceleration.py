@@ -10,11 +10,11 @@ import pytest
 import torch
 from tiny_lora import tiny_unet_output
 
-from pipelines import acceleration, blending, sdxl_models
-from pipelines.acceleration import SpeedOptions, attention_processors, plan_speed
-from pipelines.blending import warm_up
-from pipelines.blending import blend
-from pipelines.sdxl_models import load_sdxl, load_sdxl_from_settings
+from pipelines.diffusion import acceleration, blending, sdxl_models
+from pipelines.diffusion.acceleration import SpeedOptions, attention_processors, plan_speed
+from pipelines.diffusion.blending import warm_up
+from pipelines.diffusion.blending import blend
+from pipelines.diffusion.sdxl_models import load_sdxl, load_sdxl_from_settings
 from pipelines.settings import Settings
 
 ALL_ON = SpeedOptions(attention="sdpa", channels_last="on", fuse_qkv="on", vae_bf16="on")
@@ -104,7 +104,7 @@ def test_compile_warm_up_is_paid_once_and_changes_no_number(tiny_sdxl_dir, photo
     from tiny_lora import save_random_lora
     from torch._dynamo.utils import counters
 
-    from pipelines.few_step import FastPreset, use_fast
+    from pipelines.diffusion.few_step import FastPreset, use_fast
 
     monkeypatch.setattr(acceleration, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()

@@ -18,7 +18,11 @@ from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 from test_compositing import NEW_BACKGROUND, _magenta_excess, _scene, fuzzy_edge
 
-from pipelines import backgrounds, batch, canvas, compositing, downloads, images, masking, prompting, sdxl_models
+from pipelines import downloads, images, prompting
+from pipelines.composite import backgrounds, canvas, compositing
+from pipelines.diffusion import sdxl_models
+from pipelines.entry import batch
+from pipelines.masks import masking
 from pipelines.editing import run_edit, validate_request
 from pipelines.outputs import read_parameters
 from pipelines.settings import Settings

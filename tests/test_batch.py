@@ -13,8 +13,9 @@ import torch
 from conftest import make_photo
 from PIL import Image
 
-from pipelines import batch, masking
-from pipelines.__main__ import main
+from pipelines.entry import batch
+from pipelines.masks import masking
+from pipelines.entry.cli import main
 from pipelines.editing import run_edit
 from pipelines.outputs import read_parameters
 from pipelines.types import ClickPoint, EditRequest
@@ -179,7 +180,7 @@ def ray_cluster():
     """One small local Ray cluster for all Ray tests: its start-up, and each worker's, takes many
     seconds on 2 cores. The workers stay up between the tests (the page's edit reuses one)."""
     ray = pytest.importorskip("ray")
-    from pipelines import cluster
+    from pipelines.entry import cluster
 
     cluster.connect(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
                     log_to_driver=False, num_gpus=0)
@@ -222,7 +223,7 @@ def test_two_ray_workers_give_the_serial_images(ray_cluster, one_thread, tmp_pat
 
 
 def test_page_edit_on_a_ray_worker(ray_cluster, one_thread, tiny_settings):
-    from pipelines import cluster
+    from pipelines.entry import cluster
 
     settings = dataclasses.replace(tiny_settings, ray_address=ray_cluster)
     photo = make_photo(160, 120)

@@ -61,7 +61,7 @@ class EveryOtherImage:
 
 
 def test_bench_rows_count_every_image_per_variant_and_category(tiny_sdxl_dir):
-    from pipelines.sdxl_models import load_sdxl
+    from pipelines.diffusion.sdxl_models import load_sdxl
 
     components = load_sdxl(str(tiny_sdxl_dir))
     cases = [bench_safety.PromptCase("sexual", "a painting of venus", 0, 7.5),

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import blending, sdxl_models
-from pipelines.blending import (
+from pipelines.diffusion import blending, sdxl_models
+from pipelines.diffusion.blending import (
     BlendResult,
     Cancelled,
     GpuOutOfMemory,
@@ -23,8 +23,8 @@ from pipelines.blending import (
     encode_prompt,
     latent_mask,
 )
-from pipelines.sdxl_models import SDXLComponents, load_sdxl, load_sdxl_from_settings, sdxl_status
-from pipelines.safety import default_sld_concept, effective_preset, get_preset
+from pipelines.diffusion.sdxl_models import SDXLComponents, load_sdxl, load_sdxl_from_settings, sdxl_status
+from pipelines.diffusion.safety import default_sld_concept, effective_preset, get_preset
 from pipelines.settings import Settings
 
 SIZE = 128

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import compositing, images, masking
+from pipelines import images
+from pipelines.composite import compositing
+from pipelines.masks import masking
 
 SIZE = 160
 MAGENTA = np.array([255.0, 0.0, 255.0])

@@ -18,11 +18,12 @@ from app_server import free_port as closed_port
 from conftest import half_mask, make_photo, run_cli
 from file_server import FileServer
 
-from pipelines import __main__ as cli
-from pipelines import downloads, subject
+from pipelines.entry import cli
+from pipelines import downloads
+from pipelines.masks import subject
 from pipelines.downloads import download_checkpoint, sdxl_folder
 from pipelines.editing import run_edit
-from pipelines.sdxl_models import load_sdxl
+from pipelines.diffusion.sdxl_models import load_sdxl
 from pipelines.settings import Settings
 from pipelines.types import EditRequest
 

@@ -13,8 +13,10 @@ from conftest import make_photo
 
 import app
 import app_api
-from pipelines import batch, editing, masking, page
-from pipelines.__main__ import add_request_options, build_parser
+from pipelines import editing
+from pipelines.entry import batch, page
+from pipelines.masks import masking
+from pipelines.entry.cli import add_request_options, build_parser
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, edit_options, not_options, option_field
 
@@ -139,7 +141,7 @@ def test_no_step_would_run_is_one_message():
     with pytest.raises(ValueError) as from_request:
         editing.validate_request(request, Settings())
     import torch  # noqa: F401  (blending needs it; the tiny test models do too)
-    from pipelines import blending
+    from pipelines.diffusion import blending
 
     with pytest.raises(ValueError) as from_blend:
         blending.blend(None, photo.resize((64, 48)), np.ones((48, 64), np.float32), "x",

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import erasure
-from pipelines.__main__ import build_parser, cmd_erase
-from pipelines.erasure import concept_slug, list_erased, load_erased_encoders, save_erased, with_erased_encoders
-from pipelines.erasure_training import (
+from pipelines.diffusion import erasure
+from pipelines.entry.cli import build_parser, cmd_erase
+from pipelines.diffusion.erasure import concept_slug, list_erased, load_erased_encoders, save_erased, with_erased_encoders
+from pipelines.diffusion.erasure_training import (
     CONCEPT_TYPES,
     ErasureConfig,
     anchor_prompts,
@@ -172,7 +172,7 @@ def test_concept_token_start_per_prompt_and_tokenizer(tiny_encoders):
 
 def test_erase_loss_ignores_positions_before_the_concept():
     """Issue 12.4: the erase term's gradient is exactly zero before each prompt's concept start."""
-    from pipelines.erasure_training import _loss
+    from pipelines.diffusion.erasure_training import _loss
 
     rep = torch.randn(2, 77, 8, requires_grad=True)
     masks = {"hidden_1": torch.arange(77)[None, :] >= torch.tensor([[1], [4]])}  # starts 1 and 4
@@ -324,7 +324,7 @@ def test_list_erased_and_bad_names(tmp_path, erased, erased_dir):
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def components(tiny_sdxl_dir):
-    from pipelines.sdxl_models import load_sdxl
+    from pipelines.diffusion.sdxl_models import load_sdxl
 
     return load_sdxl(str(tiny_sdxl_dir), "cpu", torch.float32)
 
@@ -403,8 +403,8 @@ def test_the_base_model_notice_reaches_the_edit_result(tiny_settings, erased):
 def test_sld_concept_is_encoded_by_the_original_encoders(components, erased_dir):
     """Issue 12.3: with an erased pair active, SLD's concept goes through the ORIGINAL encoders (the
     erased ones map it to noise), while the prompt goes through the erased ones."""
-    from pipelines.blending import blend, encode_prompt
-    from pipelines.safety import get_preset
+    from pipelines.diffusion.blending import blend, encode_prompt
+    from pipelines.diffusion.safety import get_preset
 
     swapped, _ = with_erased_encoders(components, "van-gogh", erased_dir)
     concept, prompt = f"in the style of {CONCEPT}", "a misty pine forest at dawn"
@@ -437,7 +437,7 @@ def _photo_and_mask():
 
 
 def test_erased_encoders_change_the_edit_and_toggling_back_is_exact(components, erased_dir):
-    from pipelines.blending import blend
+    from pipelines.diffusion.blending import blend
 
     image, mask = _photo_and_mask()
     swapped, _ = with_erased_encoders(components, "van-gogh", erased_dir)

@@ -14,11 +14,11 @@ import torch
 from conftest import half_mask, make_photo
 from tiny_lora import save_random_lora, tiny_unet_output
 
-from pipelines import blending, sdxl_models
-from pipelines import few_step as fast  # the name the assertions below were written with
-from pipelines.blending import FEW_STEP_SAMPLERS, blend, make_scheduler
-from pipelines.sdxl_models import load_sdxl
-from pipelines.few_step import FAST_PRESETS, FastPreset, use_fast
+from pipelines.diffusion import blending, sdxl_models
+from pipelines.diffusion import few_step as fast  # the name the assertions below were written with
+from pipelines.diffusion.blending import FEW_STEP_SAMPLERS, blend, make_scheduler
+from pipelines.diffusion.sdxl_models import load_sdxl
+from pipelines.diffusion.few_step import FAST_PRESETS, FastPreset, use_fast
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_edit_with_a_fast_preset_and_back(tiny_settings, components):
 
 
 def test_command_line_takes_fast():
-    from pipelines.__main__ import build_parser
+    from pipelines.entry.cli import build_parser
 
     args = build_parser().parse_args(["edit", "p.jpg", "--mask", "m.png", "--fast", "lcm-4step"])
     assert args.fast == "lcm-4step"

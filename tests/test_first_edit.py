@@ -38,7 +38,7 @@ def test_the_libraries_are_imported_once_and_later_calls_return_at_once():
             "ts = [threading.Thread(target=libraries.ensure_imported) for _ in range(3)]\n"
             "[t.start() for t in ts]; [t.join() for t in ts]\n"
             "assert libraries.is_ready() and 'diffusers.schedulers' in sys.modules\n"
-            "from diffusers import DDIMScheduler; from pipelines.blending import encode_image\n"
+            "from diffusers import DDIMScheduler; from pipelines.diffusion.blending import encode_image\n"
             "print('ok')")
     run = subprocess.run([sys.executable, "-c", code], cwd=CHILD.parent.parent, capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": str(CHILD.parent.parent)})

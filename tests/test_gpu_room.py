@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 from conftest import half_mask, make_photo
 
-from pipelines import blending, editing, gpu_room, prompting
-from pipelines.gpu_room import GB, Room
+from pipelines import editing, prompting
+from pipelines.diffusion import blending, gpu_room
+from pipelines.diffusion.gpu_room import GB, Room
 from pipelines.types import EditRequest
 
 SHORT = Room(free=6 * GB, needed=10 * GB)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipelines.masking import MaskPrediction, click_radius, predict_masks, too_small, with_size_notice
+from pipelines.masks.masking import MaskPrediction, click_radius, predict_masks, too_small, with_size_notice
 from pipelines.types import ClickPoint
 
 ONE_CLICK = [ClickPoint(250, 180, 1)]

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_photo, run_cli
 from PIL import Image
 
-from pipelines import output_check as checking  # the name the assertions below were written with
+from pipelines.composite import output_check as checking  # the name the assertions below were written with
 from pipelines.editing import run_edit
 from pipelines.outputs import read_parameters
 from pipelines.settings import Settings
@@ -214,7 +214,7 @@ def test_json_has_the_safety_object_with_the_real_detector(tiny_env, tmp_path):
                    env, tmp_path)
     assert done.returncode == 0, done.stderr
     safety = json.loads(done.stdout)["safety"]
-    from pipelines.safety import default_sld_concept
+    from pipelines.diffusion.safety import default_sld_concept
 
     assert safety == {
         "preset": "Hyp-Max", "warmup": 0, "concept": f"{default_sld_concept()}, a cat", "checker": "note",

@@ -11,8 +11,8 @@ from PIL import Image
 
 from pipelines import images
 from pipelines.editing import run_edit, validate_request
-from pipelines.masking import MaskPrediction
-from pipelines.page import (DISPLAY_SIDE, GenerateForm, PageState, Stroke, candidate_choices, captions,
+from pipelines.masks.masking import MaskPrediction
+from pipelines.entry.page import (DISPLAY_SIDE, GenerateForm, PageState, Stroke, candidate_choices, captions,
                             guidance_limits, mask_png, preview, repaint_mask, safety_markdown, uploaded_subject)
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
@@ -268,8 +268,8 @@ def test_generate_copes_with_withheld_results_and_shows_seed_and_score():
 
 
 def test_with_a_ray_address_the_studio_sends_the_edit_to_the_cluster(monkeypatch, tiny_settings):
-    from pipelines import cluster
-    from pipelines.workbench import Workbench
+    from pipelines.entry import cluster
+    from pipelines.entry.workbench import Workbench
 
     sent = []
 

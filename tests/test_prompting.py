@@ -614,7 +614,7 @@ def test_what_each_text_encoder_receives(tiny_settings, clip_tokenizers):
 
     from conftest import make_photo
 
-    from pipelines.sdxl_models import load_sdxl_from_settings
+    from pipelines.diffusion.sdxl_models import load_sdxl_from_settings
     from pipelines.editing import run_edit
     from pipelines.types import EditRequest
 
@@ -650,8 +650,8 @@ def test_what_each_text_encoder_receives(tiny_settings, clip_tokenizers):
 def test_weights_scale_the_second_encoders_hidden_states(tiny_sdxl_dir, clip_tokenizers):
     import torch
 
-    from pipelines.blending import encode_prompt
-    from pipelines.sdxl_models import load_sdxl
+    from pipelines.diffusion.blending import encode_prompt
+    from pipelines.diffusion.sdxl_models import load_sdxl
 
     components = load_sdxl(str(tiny_sdxl_dir))
     scene = "misty forest"
@@ -682,7 +682,7 @@ def test_json_and_png_record_the_prompt_2_used(tiny_env, tmp_path, monkeypatch, 
 
     from conftest import make_photo
 
-    from pipelines.__main__ import main
+    from pipelines.entry.cli import main
     from pipelines.outputs import read_parameters
 
     for name in ("BACKDROP_SDXL_MODEL", "BACKDROP_OUTPUT_DIR", "OLLAMA_HOST", "BACKDROP_DEVICE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipelines import ranking
+from pipelines.composite import ranking
 
 SIZE = 200
 

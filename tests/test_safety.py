@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.safety import (
+from pipelines.diffusion.safety import (
     PRESET_LABELS,
     SLD_PRESETS,
     SafetyPreset,
@@ -88,7 +88,7 @@ def test_default_concept_is_the_papers_text():
 
 
 def test_importing_safety_does_not_import_torch():
-    code = "import sys, pipelines.safety as s; s.presets_table(); print('torch' in sys.modules)"
+    code = "import sys, pipelines.diffusion.safety as s; s.presets_table(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
 
@@ -201,7 +201,7 @@ def test_guidance_below_one_is_refused_with_any_preset_on(level, guidance):
 
 
 def test_concept_under_a_minimum_keeps_the_default_and_adds():
-    from pipelines.safety import resolve_concept
+    from pipelines.diffusion.safety import resolve_concept
 
     default = default_sld_concept()
     assert resolve_concept("a cat", "medium") == f"{default}, a cat"

@@ -14,10 +14,10 @@ from file_server import FileServer
 from PIL import Image
 
 from pipelines import downloads
-from pipelines.masking import MaskPredictor, predict_masks
-from pipelines.page import candidate_choices
-from pipelines.sam_models import get_predictor, load_sam, sam_status
-from pipelines.sam_onnx import OnnxMaskPredictor, load_onnx_sam
+from pipelines.masks.masking import MaskPredictor, predict_masks
+from pipelines.entry.page import candidate_choices
+from pipelines.masks.sam_models import get_predictor, load_sam, sam_status
+from pipelines.masks.sam_onnx import OnnxMaskPredictor, load_onnx_sam
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint
 

@@ -1,6 +1,6 @@
 """Days without a restart: many edits in one process through what the page uses, with flat memory.
 
-`soak` drives `pipelines.workbench.Workbench` as the page does (upload, click, mood, Generate), for two
+`soak` drives `pipelines.entry.workbench.Workbench` as the page does (upload, click, mood, Generate), for two
 browser sessions taking turns, each uploading a new photo every few edits, one edit cancelled in
 the middle, and measures the process's resident memory (psutil RSS) after each edit.
 `bench/bench_soak.py` prints the same measurements as a table.
@@ -17,9 +17,9 @@ import psutil
 import pytest
 from conftest import make_photo
 
-from pipelines import workbench as studio_module
-from pipelines.blending import Cancelled
-from pipelines.workbench import Workbench
+from pipelines.entry import workbench as studio_module
+from pipelines.diffusion.blending import Cancelled
+from pipelines.entry.workbench import Workbench
 from pipelines.types import ClickPoint, EditRequest
 
 WARM_UP = 5  # edits before the baseline: the first ones load models and fill the bounded caches

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from file_server import FileServer
-from pipelines import subject
-from pipelines.masking import predict_masks
+from pipelines.masks import subject
+from pipelines.masks.masking import predict_masks
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest
 
@@ -114,7 +114,7 @@ def test_without_sam_one_click_goes_through_the_subject_model():
 
 
 def subject_fallback_notice(name):
-    from pipelines.masking import SUBJECT_FALLBACK_NOTICE
+    from pipelines.masks.masking import SUBJECT_FALLBACK_NOTICE
 
     return SUBJECT_FALLBACK_NOTICE.format(model=name)
 
@@ -199,7 +199,7 @@ def test_the_automatic_subject_takes_no_points_and_no_mask(tmp_path):
 
 
 def test_the_command_line_takes_subject_auto_instead_of_points():
-    from pipelines.__main__ import build_parser
+    from pipelines.entry.cli import build_parser
 
     args = build_parser().parse_args(["edit", "photo.jpg", "--subject", "auto", "--background", "white"])
     assert args.subject == "auto" and args.point is None
@@ -208,7 +208,7 @@ def test_the_command_line_takes_subject_auto_instead_of_points():
 
 
 def test_the_api_refuses_another_subject_word():
-    from pipelines.api import _auto_subject
+    from pipelines.entry.api import _auto_subject
 
     assert _auto_subject("auto") and not _auto_subject("")
     with pytest.raises(ValueError, match=r"subject must be 'auto' or empty, got 'magic'"):
@@ -216,7 +216,7 @@ def test_the_api_refuses_another_subject_word():
 
 
 def test_find_subject_becomes_the_pages_prediction_that_the_brush_and_a_click_refine():
-    from pipelines.page import PageState, Stroke, candidate_choices, found_prediction
+    from pipelines.entry.page import PageState, Stroke, candidate_choices, found_prediction
 
     photo, probability, disk, _ = _scene()
     found = subject.find_subject(photo, subject.SubjectModel(MapSession(probability), "map"))
@@ -232,7 +232,7 @@ def test_find_subject_becomes_the_pages_prediction_that_the_brush_and_a_click_re
 
 def test_the_pages_find_subject_button_shows_the_found_subject_and_says_what_to_download_without_a_model():
     import app
-    from pipelines.page import GenerateForm, PageState
+    from pipelines.entry.page import GenerateForm, PageState
 
     photo, probability, disk, _ = _scene()
     model = subject.SubjectModel(MapSession(probability), "map")

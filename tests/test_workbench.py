@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from conftest import half_mask, make_photo
 
-from pipelines.blending import Cancelled
-from pipelines.workbench import Workbench
+from pipelines.diffusion.blending import Cancelled
+from pipelines.entry.workbench import Workbench
 from pipelines.types import ClickPoint, EditRequest
 
 

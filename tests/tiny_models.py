@@ -7,7 +7,7 @@
   image as in SDXL, and a tiny UNet with SDXL's `text_time` added conditions.
 - `save_tiny_sam`: a small Segment Anything model built from `segment_anything.modeling` classes,
   saved as a plain state-dict checkpoint like the official ones; `register_tiny_sam` adds its
-  builder to `pipelines.sam_models.SAM_VARIANTS` as "tiny", as any other variant is registered.
+  builder to `pipelines.masks.sam_models.SAM_VARIANTS` as "tiny", as any other variant is registered.
 
 Everything is seeded, so two builds give identical weights.
 """
@@ -172,6 +172,6 @@ def save_tiny_sam(path: Path) -> Path:
 
 def register_tiny_sam() -> None:
     """Register the tiny SAM as the variant "tiny" (settings then name it: sam_model_type="tiny")."""
-    from pipelines.sam_models import SAM_VARIANTS
+    from pipelines.masks.sam_models import SAM_VARIANTS
 
     SAM_VARIANTS["tiny"] = build_tiny_sam

@@ -25,7 +25,8 @@ except FileNotFoundError as _missing:
 
 import edge_pairs  # noqa: E402
 
-from pipelines import compositing, settings  # noqa: E402
+from pipelines import settings
+from pipelines.composite import compositing  # noqa: E402
 
 FEATHER = 4  # the edit's default
 

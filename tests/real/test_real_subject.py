@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import assets
-from pipelines import subject
-from pipelines.masking import grabcut_mask
+from pipelines.masks import subject
+from pipelines.masks.masking import grabcut_mask
 from pipelines.types import ClickPoint
 
 

@@ -19,6 +19,6 @@ def build_tiny_sam():
     return build()
 
 
-from pipelines.sam_models import SAM_VARIANTS  # noqa: E402
+from pipelines.masks.sam_models import SAM_VARIANTS  # noqa: E402
 
 SAM_VARIANTS.setdefault("tiny", build_tiny_sam)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
-from pipelines import masking
-from pipelines.safety import MIN_GUIDANCE_WITH_SLD, PRESET_LABELS, get_preset
+from pipelines.masks import masking
+from pipelines.diffusion.safety import MIN_GUIDANCE_WITH_SLD, PRESET_LABELS, get_preset
 from pipelines.settings import SAFETY_LEVELS
 from pipelines.types import ClickPoint, EditRequest, edit_option
 

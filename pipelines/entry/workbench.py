@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipelines import downloads, editing, images, libraries, masking, prompting, sam_models, subject
+from pipelines import downloads, editing, images, libraries, prompting
+from pipelines.masks import masking, sam_models, subject
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditRequest, EditResult
 
@@ -150,7 +151,7 @@ class Workbench:
             if self.settings.ray_address:
                 # The page keeps its clicks, mood and prompt; a worker of the cluster paints, from
                 # the request's chosen subject (it needs no SAM).
-                from pipelines import cluster
+                from pipelines.entry import cluster
 
                 return cluster.run_edit_remote(request, self.settings, on_progress=on_progress,
                                                should_cancel=event.is_set)
@@ -185,7 +186,7 @@ class Workbench:
     def status_lines(self) -> list[str]:
         """One line per component (SAM, Ollama, SDXL), each saying what to do when it is missing."""
         libraries.ensure_imported()  # the page's first status line would import diffusers beside the upload's work
-        from pipelines.sdxl_models import sdxl_status
+        from pipelines.diffusion.sdxl_models import sdxl_status
 
         s = self.settings
         missing = downloads.sdxl_missing(s)

@@ -1,7 +1,7 @@
 """Training concept-erased text encoders: the prompts, the loss, the loop, and the report.
 
 Making, storing and swapping entries live in `pipelines/erasure.py` (its `erase_concept` calls
-`train_erasure`; the `erase` command in `pipelines/__main__.py` calls it); the prompt lists are
+`train_erasure`; the `erase` command in `pipelines/entry/cli.py` calls it); the prompt lists are
 plain text files under `prompts/erasure/` (see prompts/README.md).
 
 The method (seed 000): prompts that contain an unwanted concept ("in the style of van gogh",
@@ -41,7 +41,7 @@ Choices, stated once:
   spread, mostly padding) and the anchor term 0.
 - **What trains.** Only the self-attention and MLP weights (and biases) of the transformer layers
   that feed a consumed representation. Embeddings, layer norms and the projection are frozen, so
-  the token table stays intact and anchors have less reason to drift (and `pipelines.erasure` can
+  the token table stays intact and anchors have less reason to drift (and `pipelines.diffusion.erasure` can
   tell from them which base model a pair came from). For SDXL's first encoder the last layer is
   frozen too: SDXL reads its penultimate states, so that layer feeds nothing it uses.
   These weights are shared by every position of every prompt, so unrelated prompts still move a

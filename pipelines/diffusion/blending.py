@@ -43,8 +43,8 @@ from PIL import Image
 from pipelines import images
 from pipelines.errors import Cancelled, GpuOutOfMemory  # noqa: F401  (raised here; callers import them from errors)
 from pipelines.prompting.weights import Fragment, parse_weights
-from pipelines.safety import SafetyPreset, default_sld_concept, effective_preset, get_preset, perform_safety_guidance
-from pipelines.sdxl_models import SDXLComponents
+from pipelines.diffusion.safety import SafetyPreset, default_sld_concept, effective_preset, get_preset, perform_safety_guidance
+from pipelines.diffusion.sdxl_models import SDXLComponents
 from pipelines.settings import SCHEDULERS  # ("euler", "dpmpp_2m")
 from pipelines.types import EditRequest, check_schedule
 

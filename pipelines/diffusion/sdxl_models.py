@@ -1,7 +1,7 @@
 """SDXL's weights: load them once per configuration and keep them in the one cache.
 
 `load_sdxl` reads a local diffusers folder or the hub cache (downloads go through
-`pipelines.downloads`, never from here), applies the speed options (`pipelines.acceleration`) and
+`pipelines.downloads`, never from here), applies the speed options (`pipelines.diffusion.acceleration`) and
 hands back a frozen `SDXLComponents`, the same object for the same configuration while it stays in
 the cache. The stages that run SDXL (`blending`, `erasure`, `fast`) take the components as an
 argument, so tests hand in a tiny SDXL loaded through these same functions.
@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from pipelines.acceleration import SpeedOptions, apply_speed, plan_speed, vae_dtype
+from pipelines.diffusion.acceleration import SpeedOptions, apply_speed, plan_speed, vae_dtype
 from pipelines.settings import Settings
 
 

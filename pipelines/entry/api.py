@@ -20,12 +20,14 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines import images, masking, outputs, page
-from pipelines.backgrounds import picture_path
-from pipelines.batch import parse_points
-from pipelines.subject import find_subject
+from pipelines import images, outputs
+from pipelines.entry import page
+from pipelines.masks import masking
+from pipelines.composite.backgrounds import picture_path
+from pipelines.entry.batch import parse_points
+from pipelines.masks.subject import find_subject
 from pipelines.types import EditOption, EditRequest, EditResult, edit_option, edit_options
-from pipelines.workbench import Workbench
+from pipelines.entry.workbench import Workbench
 
 
 def option_default(option: EditOption) -> Any:

@@ -1,7 +1,7 @@
 """Concept-erased text encoders on disk and in SDXL: make, save, list, load, and swap them in.
 
 Training lives in `pipelines/erasure_training.py`; `erase_concept` here runs it on a model folder
-and saves the result (the `erase` command in `pipelines/__main__.py` calls it). The page and
+and saves the result (the `erase` command in `pipelines/entry/cli.py` calls it). The page and
 `editing.run_edit` use the rest. An entry is a folder
 `<erased dir>/<name>/` with `text_encoder/`, `text_encoder_2/` (SDXL) and `erasure.json`, the record
 of what was erased from which base model.
@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.erasure_training import BASES
+from pipelines.diffusion.erasure_training import BASES
 
 if TYPE_CHECKING:
-    from pipelines.erasure_training import ErasureConfig, ErasureReport
+    from pipelines.diffusion.erasure_training import ErasureConfig, ErasureReport
 
 RECORD_FILE = "erasure.json"
 _NAME_RE = re.compile(r"[\w][\w-]{0,63}")
@@ -289,7 +289,7 @@ def erase_concept(config: ErasureConfig, model: str, out_dir: Path, device: str,
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from pipelines.erasure_training import anchor_prompts, concept_prompts, train_erasure
+    from pipelines.diffusion.erasure_training import anchor_prompts, concept_prompts, train_erasure
 
     # 1. Check inputs: an existing entry is refused before minutes of training
     if Path(out_dir).exists() and not overwrite:

@@ -42,7 +42,9 @@ class EditWorker:
         """Load SDXL and SAM now (the first edit would otherwise); returns the seconds it took."""
         import time
 
-        from pipelines import libraries, prompting, sam_models, sdxl_models
+        from pipelines import libraries, prompting
+        from pipelines.diffusion import sdxl_models
+        from pipelines.masks import sam_models
 
         start = time.perf_counter()
         libraries.ensure_imported()  # a worker runs two calls at once (max_concurrency): see libraries.py

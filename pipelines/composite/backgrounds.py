@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
-from pipelines import canvas, compositing, images
+from pipelines import images
+from pipelines.composite import canvas, compositing
 
 # `blur` alone: sigma = this fraction of the canvas's long side (60 px at 12 MP, 15 px at 1 MP),
 # about a phone's portrait mode at that size.

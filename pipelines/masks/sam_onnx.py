@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .errors import one_line
-from .masking import MaskPrediction, MaskPredictor, _Embedding, check_points
-from .types import ClickPoint
+from pipelines.errors import one_line
+from pipelines.masks.masking import MaskPrediction, MaskPredictor, _Embedding, check_points
+from pipelines.types import ClickPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime

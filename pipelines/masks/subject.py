@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .images import image_hash
-from .settings import SUBJECT_MODELS, Settings
-from .types import ClickPoint
+from pipelines.images import image_hash
+from pipelines.settings import SUBJECT_MODELS, Settings
+from pipelines.types import ClickPoint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .downloads import ProgressFn
+    from pipelines.downloads import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def subject_model_path(settings: Settings, name: str | None = None) -> Path:
 def subject_model_hint(settings: Settings, name: str | None = None) -> str:
     """What to do about a missing model, e.g. "run `python -m pipelines download subject` (179 MB),
     or put isnet-general-use.onnx in checkpoints/rembg/"."""
-    from .downloads import format_size
+    from pipelines.downloads import format_size
 
     name = name or settings.subject_model
     return (f"run `python -m pipelines download subject` ({format_size(SUBJECT_MODEL_FILES[name].size)}), "
@@ -144,7 +144,7 @@ def ensure_subject_model(settings: Settings, on_progress: "ProgressFn | None" = 
     Raises:
         RuntimeError: one line: missing and may not be downloaded, or the download failed.
     """
-    from .downloads import download_checkpoint
+    from pipelines.downloads import download_checkpoint
 
     path = subject_model_path(settings)
     if path.is_file():

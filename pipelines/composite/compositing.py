@@ -35,7 +35,8 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from pipelines import masking, settings
+from pipelines import settings
+from pipelines.masks import masking
 
 EDGE_MODES = settings.EDGE_MODES  # kept here too: the edge modes this module composites
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines.compositing import KeptLayer
+from pipelines.composite.compositing import KeptLayer
 from pipelines.settings import PLACES
 
 _SIZE = re.compile(r"^\s*([+-]?\d+)\s*[x×X]\s*([+-]?\d+)\s*$")

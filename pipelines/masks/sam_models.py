@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import downloads
-from .errors import one_line
-from .masking import MaskPredictor
-from .settings import SAM_MODEL_TYPES, SAM_ONNX_TYPES, Settings
+from pipelines import downloads
+from pipelines.errors import one_line
+from pipelines.masks.masking import MaskPredictor
+from pipelines.settings import SAM_MODEL_TYPES, SAM_ONNX_TYPES, Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -269,7 +269,7 @@ def _load_into(slot: _Slot, settings: Settings, path: Path, device: str) -> None
 
 def _load_onnx_into(slot: _Slot, settings: Settings, path: Path, device: str, on_progress) -> None:
     """As `_load_into`, for the ONNX variants: the encoder and decoder files, onnxruntime sessions."""
-    from .sam_onnx import load_onnx_sam
+    from pipelines.masks.sam_onnx import load_onnx_sam
 
     try:
         encoder, decoder = downloads.ensure_sam_files(settings, on_progress=on_progress)

@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .images import image_hash
-from .settings import SAM_CHECKPOINT_NAMES
-from .types import ClickPoint
+from pipelines.images import image_hash
+from pipelines.settings import SAM_CHECKPOINT_NAMES
+from pipelines.types import ClickPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from segment_anything.modeling import Sam
 
-    from .subject import SubjectModel
+    from pipelines.masks.subject import SubjectModel
 
 # Why SAM is missing (no file, a failed download, auto-download off) is the caller's notice
 # (`sam_models.get_predictor`); these only say what the masks are made with instead.
@@ -323,7 +323,7 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     if predictor is not None:
         return with_size_notice(predictor.predict(image, points, mask_input=mask_input), points)
     if subject_model is not None:
-        from .subject import subject_from_clicks
+        from pipelines.masks.subject import subject_from_clicks
 
         subject = subject_from_clicks(image, points, subject_model.probability(image))
         method, notice = "subject", SUBJECT_FALLBACK_NOTICE.format(model=subject_model.name)

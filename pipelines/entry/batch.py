@@ -23,7 +23,7 @@ the row's effective parameters (photo and mask bytes included); a rerun skips ro
 done before and whose outputs still exist. Outputs are named `<row>-<photo>-<key>.png` in DIR and
 never overwritten (`outputs.save_png`).
 
-Rows run in this process, or on Ray workers (`pipelines.cluster`) with `--workers N` / `--ray`.
+Rows run in this process, or on Ray workers (`pipelines.entry.cluster`) with `--workers N` / `--ray`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.backgrounds import picture_path
+from pipelines.composite.backgrounds import picture_path
 from pipelines.errors import one_line
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint, EditOption, EditRequest, edit_options
@@ -208,7 +208,7 @@ def build_request(task: Task, settings: Settings) -> tuple[EditRequest, list[str
     mask = load_mask(task.mask, image.size) if task.mask else None
     points, notices = task.points, []
     if not points and mask is None:
-        from pipelines.subject import get_subject_model
+        from pipelines.masks.subject import get_subject_model
 
         model, model_notices = get_subject_model(settings)
         if model is not None:  # the subject model finds the subject (pipelines/subject.py)
@@ -306,6 +306,6 @@ def _run(tasks: list[Task], settings: Settings, workers: int | None, address: st
         return iter(())
     if workers is None and address is None:
         return (run_task(task, settings) for task in tasks)
-    from pipelines import cluster
+    from pipelines.entry import cluster
 
     return cluster.run_tasks(tasks, settings, run_task, workers=workers, address=address)

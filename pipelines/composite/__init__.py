@@ -1,0 +1,1 @@
+"""The kept subject over its new background: edges, plain backgrounds, canvas, ranking, the output check."""
