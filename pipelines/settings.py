@@ -53,6 +53,8 @@ SUBJECT_MODELS = ("isnet-general-use", "u2net", "u2netp", "silueta", "birefnet-g
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SCHEDULERS = ("euler", "dpmpp_2m")
+# The few-step LoRA presets by name (diffusion/few_step.py holds each one's LoRA, sampler and steps)
+FAST_PRESET_NAMES = ("lightning-4step", "lightning-8step", "hyper-4step", "hyper-8step-cfg", "lcm-4step")
 ATTENTION = ("sdpa", "classic")  # PyTorch's fused scaled_dot_product_attention, or diffusers' plain matmuls
 AUTO_ON_OFF = ("auto", "on", "off")  # auto: on where it is known to help (CUDA), on: wherever it can run
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes for the UNet

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.diffusion.few_step import FAST_PRESETS
-from pipelines.settings import EDGE_MODES, PLACES, SAFETY_LEVELS, SCHEDULERS
+from pipelines.settings import EDGE_MODES, FAST_PRESET_NAMES, PLACES, SAFETY_LEVELS, SCHEDULERS
 
 if TYPE_CHECKING:  # the command line reads the options without loading numpy and Pillow
     import numpy as np
@@ -119,7 +118,7 @@ class EditRequest:
                                  unset="the photo's own size")
     place: str = option_field("center", "where the photo sits on the canvas", choices=PLACES)
     fast: str | None = option_field(None, "a few-step LoRA preset, which sets steps, guidance and sampler",
-                               choices=tuple(FAST_PRESETS), label="fast preset", unset="the standard steps")
+                               choices=FAST_PRESET_NAMES, label="fast preset", unset="the standard steps")
     prompt_2: str | None = option_field(None, "quality words the second text encoder reads after the scene",
                                    unset="Backdrop's default quality words")
     sld_concept: str | None = option_field(None, "what Safe Latent Diffusion steers away from",

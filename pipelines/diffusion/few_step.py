@@ -29,6 +29,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.settings import FAST_PRESET_NAMES
+
 
 @dataclass(frozen=True)
 class FastPreset:
@@ -62,6 +64,8 @@ FAST_PRESETS: dict[str, FastPreset] = {
                    "pytorch_lora_weights.safetensors", "lcm", 4, 1.0),
     )
 }
+
+assert tuple(FAST_PRESETS) == FAST_PRESET_NAMES, "settings.FAST_PRESET_NAMES and the presets disagree"
 
 
 def get_fast_preset(name: str) -> FastPreset:
