@@ -399,13 +399,19 @@ class Handlers:
         state = state.with_prediction((), None)
         return state, self._preview(state, 0, grow), _candidates(state)
 
-    def find_subject(self, state: PageState, grow: int):
+    def find_subject(self, state: PageState, grow: int, progress=gr.Progress()):
         """-> state, photo, candidate, notices with the subject model's subject (no click), which
-        clicks and the brush then refine."""
+        clicks and the brush then refine. The first use may download the model (progress in bytes)."""
+        from pipelines.downloads import format_progress
+
         if state.key is None:
             raise gr.Error("upload a photo first")
+
+        def on_download(done: int, total: int) -> None:  # "Downloading the subject model 42 / 179 MB"
+            progress((done, total) if total else None, desc=f"Downloading the subject model {format_progress(done, total)}")
+
         try:
-            found = self.studio.find_subject(state.key)
+            found = self.studio.find_subject(state.key, on_download)
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
         model, notices = self.studio.subject_model()

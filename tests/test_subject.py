@@ -5,6 +5,7 @@ The real u2netp on real photos is tests/real/test_real_subject.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -247,7 +248,7 @@ def test_the_pages_find_subject_button_shows_the_found_subject_and_says_what_to_
         def subject_model(self):
             return self.model, self.notices
 
-        def find_subject(self, key):
+        def find_subject(self, key, on_progress=None):
             if self.model is None:
                 raise ValueError(self.notices[0])
             return subject.find_subject(photo, self.model)
@@ -283,3 +284,28 @@ def test_the_click_fallback_never_downloads_but_uses_a_model_already_there(tmp_p
     assert model == "u2netp" and loaded == [(tmp_path / "b" / "rembg" / "u2netp.onnx", "u2netp")]
     assert notices == [f"subject model isnet-general-use is missing ({tmp_path}/b/rembg/isnet-general-use.onnx "
                        "is not downloaded): using u2netp"]
+
+
+def test_find_subject_reports_the_models_download_in_bytes(tmp_path, monkeypatch, tiny_settings):
+    """The page's first Find subject on a fresh machine downloads the model: the bytes reach the
+    caller's progress (the page shows "Downloading the subject model 2.0 / 6.0 MB")."""
+    from cold import make_photo
+
+    from pipelines.entry.workbench import Workbench
+
+    data = b"not an onnx model" * 10_000  # rembg then refuses it: the progress came before
+    server = FileServer({"u2netp.onnx": data})
+    try:
+        monkeypatch.setitem(subject.SUBJECT_MODEL_FILES, "u2netp", subject.SubjectModelFile(
+            server.url + "u2netp.onnx", "md5:" + hashlib.md5(data).hexdigest(), len(data)))
+        settings = dataclasses.replace(tiny_settings, checkpoint_dir=tmp_path, subject_model="u2netp",
+                                       subject_auto_download=True)
+        bench = Workbench(settings)
+        key = bench.add_photo(make_photo())
+        progress = []
+        with pytest.raises(ValueError):
+            bench.find_subject(key, on_progress=lambda done, total: progress.append((done, total)))
+        assert progress and progress[-1] == (len(data), len(data))
+        assert (tmp_path / "rembg" / "u2netp.onnx").read_bytes() == data
+    finally:
+        server.close()

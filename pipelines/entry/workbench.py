@@ -52,15 +52,17 @@ class Workbench:
         libraries.ensure_imported()  # this runs in the upload's background thread: see libraries.py
         return sam_models.get_predictor(self.settings)
 
-    def subject_model(self, download: bool = True) -> tuple[subject.SubjectModel | None, list[str]]:
+    def subject_model(self, download: bool = True, on_progress=None) -> tuple[subject.SubjectModel | None, list[str]]:
         """The shared subject model (`subject.get_subject_model`; None with a notice naming the download).
-        `download=False`: only a model already on disk (a click does not wait for a download)."""
+        `download=False`: only a model already on disk (a click does not wait for a download);
+        `on_progress(bytes_done, bytes_total)` while it downloads."""
         libraries.ensure_imported()  # rembg (onnxruntime, pymatting) is imported beside the page's other threads
-        return subject.get_subject_model(self.settings, download=download)
+        return subject.get_subject_model(self.settings, on_progress=on_progress, download=download)
 
-    def find_subject(self, key: str):
-        """The photo's subject without clicks: (H, W) bool. Raises ValueError without a model or subject."""
-        model, notices = self.subject_model()
+    def find_subject(self, key: str, on_progress=None):
+        """The photo's subject without clicks: (H, W) bool. Raises ValueError without a model or subject.
+        The first call may download the model: `on_progress(bytes_done, bytes_total)` says how far."""
+        model, notices = self.subject_model(on_progress=on_progress)
         if model is None:
             raise ValueError(notices[0])
         return subject.find_subject(self._jobs(key).image, model)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from pipelines.errors import one_line
 from pipelines.images import image_hash
 from pipelines.settings import SUBJECT_MODELS, Settings
 from pipelines.types import ClickPoint
@@ -176,6 +177,9 @@ def load_subject_model(path: Path, name: str) -> SubjectModel:
         os.environ["U2NET_HOME"] = str(path.parent)
         try:
             session = new_session(name)
+        except Exception as err:  # onnxruntime's own, multi-line: a damaged or foreign file
+            raise RuntimeError(f"{path} is not a usable {name} model ({one_line(err)[:160]}): delete it and "
+                               "download it again") from err
         finally:
             if before is None:
                 os.environ.pop("U2NET_HOME", None)
@@ -215,12 +219,18 @@ def get_subject_model(settings: Settings, on_progress: "ProgressFn | None" = Non
             model = load_subject_model(path, settings.subject_model)
         except RuntimeError as err:
             model = None
-            present = [n for n in SUBJECT_MODELS if subject_model_path(settings, n).is_file()]
-            if present:
-                model = load_subject_model(subject_model_path(settings, present[0]), present[0])
-                notices.append(f"subject model {settings.subject_model} is missing ({err}): using {present[0]}")
-            else:
-                notices.append(f"no subject model: {subject_model_hint(settings)}")
+            present = [n for n in SUBJECT_MODELS if n != settings.subject_model
+                       and subject_model_path(settings, n).is_file()]
+            for name in present:  # another model already on disk, the first that loads
+                try:
+                    model = load_subject_model(subject_model_path(settings, name), name)
+                except RuntimeError:
+                    continue
+                notices.append(f"subject model {settings.subject_model} is missing ({err}): using {name}")
+                break
+            else:  # the named file is there but does not load: say why; else what to download
+                notices.append(one_line(err) if subject_model_path(settings).is_file()
+                               else f"no subject model: {subject_model_hint(settings)}")
         _LOADED[key] = (model, notices, _folder_state(settings.subject_dir))
         return model, list(notices)
 
