@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 import assets
+from voc import deepest_point, iou  # noqa: F401  (iou: the tests import it from here too)
 
 # (stamp under usr/share/tuxpaint/stamps/, photo under usr/share/doc/opencv-doc/examples/data/,
 #  share of the photo's short side the subject's long side takes, centre as a fraction of (W, H))
@@ -56,20 +57,7 @@ class SubjectPhoto:
     @property
     def click(self) -> tuple[int, int]:
         """(X, Y): the true subject's pixel farthest from its outline, where a person would click."""
-        import cv2
-
-        distance = cv2.distanceTransform(np.pad(self.truth, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-        return int(x), int(y)
-
-
-def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union of two bool (H, W) masks (0 when both are empty)."""
-    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
-    if predicted.shape != truth.shape:
-        raise ValueError(f"mask shapes differ: {predicted.shape} and {truth.shape}")
-    union = np.logical_or(predicted, truth).sum()
-    return float(np.logical_and(predicted, truth).sum() / union) if union else 0.0
+        return deepest_point(self.truth)
 
 
 def _paste(stamp: Image.Image, background: Image.Image, share: float,

@@ -41,11 +41,17 @@ class Instance:
     def interior_point(self) -> tuple[int, int]:
         """(X, Y) in photo pixels: the mask pixel farthest from its outline (ties: the first in
         row-major order), where a person would click on the instance."""
-        import cv2
+        return deepest_point(self.mask)
 
-        distance = cv2.distanceTransform(np.pad(self.mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-        return int(x), int(y)
+
+def deepest_point(mask: np.ndarray) -> tuple[int, int]:
+    """(X, Y): the pixel of a bool (H, W) mask farthest from its outline (ties: the first in
+    row-major order), where a person would click."""
+    import cv2
+
+    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(x), int(y)
 
 
 def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
