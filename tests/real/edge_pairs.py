@@ -2,8 +2,10 @@
 OpenCV's sample photos, and the mask SAM would give at best.
 
 Each pair is a 512 x 512 photo I = alpha F + (1 - alpha) B (rounded to 8 bits) with its true alpha
-and subject colours F. The "SAM-grade" mask is the true alpha cut at 0.5, averaged down to a quarter
-(SAM predicts 256 x 256 logits for a 1024-pixel side), enlarged back bilinearly and cut at 0.5 again.
+and subject colours F. The "SAM-grade" mask is the true alpha cut at 0.5, averaged down to SAM's
+logit grid (256 pixels on the long side: SAM scales the photo to 1024 and predicts 256 x 256
+logits, so half the resolution of a 512-pixel photo), enlarged back bilinearly and cut at 0.5 again,
+as SAM upsamples its logits before the cut.
 Needs the fetched `tuxpaint-stamps` and `opencv-doc` assets (tests/real/assets.py).
 """
 
@@ -64,12 +66,17 @@ def paste(cut: Image.Image, background: np.ndarray) -> tuple[Image.Image, np.nda
     return Image.fromarray(photo, "RGB"), alpha.astype(np.float32), colour
 
 
+LOGIT_SIDE = 256  # SAM's low-resolution mask: 256 x 256 for the photo scaled to a 1024-pixel side
+
+
 def sam_grade(alpha: np.ndarray) -> np.ndarray:
-    """The true subject at a quarter of the resolution, enlarged back: what SAM gives at best."""
+    """The true subject on SAM's logit grid, enlarged back: what SAM gives at best."""
     import cv2
 
     height, width = alpha.shape
-    low = cv2.resize((alpha >= 0.5).astype(np.float32), (width // 4, height // 4), interpolation=cv2.INTER_AREA)
+    scale = LOGIT_SIDE / max(height, width)
+    low = cv2.resize((alpha >= 0.5).astype(np.float32), (round(width * scale), round(height * scale)),
+                     interpolation=cv2.INTER_AREA)
     return cv2.resize(low, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 

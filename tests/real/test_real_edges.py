@@ -62,9 +62,9 @@ def test_the_default_edge_beats_the_binary_cut(scores):
     matte, hard = table[settings.EDGE_MODES[0]], table["hard"]
     assert sum(m["error"] < h["error"] for m, h in zip(matte, hard)) >= 9
     assert sum(m["sad"] < h["sad"] for m, h in zip(matte, hard)) >= 9
-    # Floors from measurement (the README's table): hard is 3.88k / 15.5 on this set.
-    assert np.mean([m["sad"] for m in matte]) <= 3.15
-    assert np.mean([m["error"] for m in matte]) <= 12.6
+    # Floors from measurement (the README's table): matte 2.33k / 9.8, hard 3.26k / 12.9 on this set.
+    assert np.mean([m["sad"] for m in matte]) <= 2.45
+    assert np.mean([m["error"] for m in matte]) <= 10.0
 
 
 def test_solid_pixels_are_the_photos_own_and_opaque(scores):
