@@ -24,7 +24,9 @@ What we add to the model's probability map (rembg's own answer is that map cut a
 With clicks (the fallback when SAM is missing) the clicked part is taken instead of the largest,
 and GrabCut, seeded from the map, grows it: each positive click is sure subject and each negative
 sure background; a click the model saw nothing under still grows a subject from the photo's
-colours, with what the model did see kept out.
+colours, with what the model did see kept out. Here GrabCut stays: with u2netp's noisy map, the
+guided filter in its place lost 0.16 IoU on one photo (the fox). Holes are filled as without
+clicks (the unsure ones only).
 
 Heavy modules (rembg, onnxruntime, cv2) are imported inside the functions that use them.
 """
@@ -321,11 +323,11 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
         rgb01 = rgb.astype(np.float32) / 255.0
         return _to_photo_size(guided_filter(rgb01, picked.astype(np.float32), EDGE_RADIUS, EDGE_EPS) >= 0.5,
                               (width, height))
-    picked = _fill_holes(np.isin(labels, sorted({int(labels[y, x]) for x, y in positives} - {0})))
+    picked = _fill_holes(np.isin(labels, sorted({int(labels[y, x]) for x, y in positives} - {0})), probability)
 
-    # 3. With clicks, GrabCut seeded from the map: inside the picked part, sure subject where the model is sure
-    # (eroded, so a blurred rim stays open), probable subject elsewhere; outside it, sure background
-    # where the model is sure of that, probable background elsewhere. Other salient parts the model
+    # 3. With clicks, GrabCut seeded from the map: inside the picked part, sure subject where the
+    # model is sure (eroded, so a blurred rim stays open), probable subject elsewhere; outside it, sure
+    # background where the model is sure of that, probable background elsewhere. Other salient parts the model
     # saw are background (they were not picked). Clicks are sure, a small disk each.
     kernel = np.ones((5, 5), np.uint8)
     seeds = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
@@ -350,14 +352,10 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
                     cv2.GC_INIT_WITH_MASK)
     subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
-    # 4. Keep what holds a positive click (or the picked part), fill holes, back to the photo's size.
+    # 4. Keep what holds a positive click, fill its unsure holes, back to the photo's size.
     count, labels = cv2.connectedComponents(subject.astype(np.uint8), connectivity=8)
-    if positives:
-        keep = sorted({int(labels[y, x]) for x, y in positives} - {0})
-    else:
-        overlap = np.bincount(labels[picked].ravel(), minlength=count)
-        keep = [1 + int(np.argmax(overlap[1:]))] if count > 1 else []
-    return _to_photo_size(_fill_holes(np.isin(labels, keep)), (width, height))
+    keep = sorted({int(labels[y, x]) for x, y in positives} - {0})
+    return _to_photo_size(_fill_holes(np.isin(labels, keep), probability), (width, height))
 
 
 def _to_photo_size(subject: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -384,10 +382,9 @@ def subject_from_clicks(image: Image.Image, points: list[ClickPoint], probabilit
     return refine_subject(image, probability, points)
 
 
-def _fill_holes(subject: np.ndarray, probability: np.ndarray | None = None) -> np.ndarray:
-    """Fill the background parts (4-connected) that do not touch the border: all of them, or with a
-    probability map only those the model was unsure of (mean at least 1 - SURE) and specks (at most
-    HOLE_SPECK of the subject)."""
+def _fill_holes(subject: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Fill the holes (4-connected background parts not touching the border) the model was unsure of
+    (mean probability at least 1 - SURE) and the specks (at most HOLE_SPECK of the subject)."""
     import cv2
 
     if not subject.any():
@@ -395,7 +392,7 @@ def _fill_holes(subject: np.ndarray, probability: np.ndarray | None = None) -> n
     count, labels = cv2.connectedComponents((~subject).astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     holes = np.setdiff1d(np.arange(1, count), border)
-    if probability is not None and len(holes):
+    if len(holes):
         sizes = np.bincount(labels.ravel(), minlength=count)[holes]
         mean = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)[holes] / sizes
         holes = holes[(mean >= 1 - SURE) | (sizes <= HOLE_SPECK * subject.sum())]

@@ -93,7 +93,7 @@ def test_with_an_is_net_model_ours_is_never_worse_than_rembgs_cut(isnet, photos)
     assert min(r[2] - r[1] for r in rows) >= -0.02
 
 
-def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos):
+def _one_click(model: subject.SubjectModel, photos) -> list[tuple[str, float, float]]:
     from subject_photos import iou
 
     rows = []
@@ -101,15 +101,25 @@ def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos):
         x, y = case.click
         clicks = [ClickPoint(x, y, 1)]
         before = iou(grabcut_mask(case.photo, clicks), case.truth)
-        ours = iou(subject.subject_from_clicks(case.photo, clicks, u2netp.probability(case.photo)), case.truth)
+        ours = iou(subject.subject_from_clicks(case.photo, clicks, model.probability(case.photo)), case.truth)
         rows.append((case.name, before, ours))
-    before = float(np.mean([r[1] for r in rows]))
-    ours = float(np.mean([r[2] for r in rows]))
-    rows.append(("mean", before, ours))
-    _table("one click, no SAM, IoU", ("photo", "GrabCut (before)", "ours (u2netp + GrabCut)"), rows)
-    # Measured: GrabCut 0.335 (7 of 16 under 0.02), ours 0.814; the target is 0.75.
+    rows.append(("mean", float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))))
+    _table(f"one click, no SAM, {model.name}, IoU", ("photo", "GrabCut (before)", "ours (map + GrabCut)"), rows)
+    return rows
+
+
+def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos):
+    *rows, (_, before, ours) = _one_click(u2netp, photos)
+    # Measured: GrabCut 0.335 (7 of 16 under 0.02), ours 0.818; the target is 0.75.
     assert ours >= 0.8 and ours >= 2 * before
-    assert sum(r[2] < 0.3 for r in rows[:-1]) == 0
+    assert sum(r[2] < 0.3 for r in rows) == 0
+
+
+def test_one_click_without_sam_with_an_is_net_model(isnet, photos):
+    *rows, (_, before, ours) = _one_click(isnet, photos)
+    # Measured: ours 0.890 (filling every hole, as before: 0.879, the kettle's handle shut).
+    assert ours >= 0.87 and ours >= 2 * before
+    assert sum(r[2] < 0.3 for r in rows) == 0
 
 
 def test_one_click_in_crowded_real_scenes(u2netp):
