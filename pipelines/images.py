@@ -215,7 +215,7 @@ def guided_filter(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> 
 
     Args:
         guide: float32 (H, W, 3) in [0, 1], the photo.
-        p: float32 (H, W), the input (here the binary cut, 1 = kept).
+        p: float32 (H, W), the input (a binary mask: the matte's cut, the found subject).
         radius: the window's radius in pixels.
         eps: the fit's regulariser (larger: smoother, less edge-following).
 

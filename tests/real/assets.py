@@ -125,7 +125,8 @@ def _join(folder: Path, key: str) -> None:
     with open(folder / "model.onnx", "wb") as out:
         for chunk in sorted(entry["chunks"], key=lambda c: c["offsets"][0]):
             data = (dist / chunk["hash"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() != chunk["hash"] or len(data) != chunk["offsets"][1] - chunk["offsets"][0]:
+            start, end = chunk["offsets"]
+            if hashlib.sha256(data).hexdigest() != chunk["hash"] or len(data) != end - start:
                 raise RuntimeError(f"{key}: chunk {chunk['hash'][:12]} does not match resources.json")
             out.write(data)
     if (folder / "model.onnx").stat().st_size != entry["size"]:
