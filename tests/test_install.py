@@ -51,9 +51,10 @@ def test_backdrop_edit_help_is_the_edit_commands(installed, tmp_path):
 def test_the_install_points_at_this_checkout(installed, tmp_path):
     """The page's modules and the prompts are read from the checkout (without importing Gradio)."""
     code = ("import importlib.util as u; from pipelines.prompting.templates import PROMPTS_DIR; "
-            "print(u.find_spec('app').origin, u.find_spec('app_api').origin, u.find_spec('pipelines').origin, "
+            "print(*(u.find_spec(m).origin for m in ('app', 'app_layout', 'app_handlers', 'app_api')), "
+            "u.find_spec('pipelines').origin, "
             "PROMPTS_DIR)")
     done = run([str(installed / "python"), "-c", code], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(ROOT / "app.py"), str(ROOT / "app_api.py"),
+    assert done.stdout.split() == [*(str(ROOT / f"{m}.py") for m in ("app", "app_layout", "app_handlers", "app_api")),
                                    str(ROOT / "pipelines" / "__init__.py"), str(ROOT / "prompts")]

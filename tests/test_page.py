@@ -326,6 +326,7 @@ def test_background_and_canvas_choices_become_the_command_lines_values(tmp_path)
 
 def test_sections_are_mounted_at_load_and_shut_by_the_page_and_the_first_view_is_outside_them():
     import app
+    import app_layout
 
     settings = Settings()
     page = app.build_layout(settings)
@@ -333,7 +334,7 @@ def test_sections_are_mounted_at_load_and_shut_by_the_page_and_the_first_view_is
     assert len(sections) == 4
     for section in sections:
         # Built open, so Gradio mounts their widgets at load (a closed one resets them on first opening)...
-        assert section.open is True and app.SECTION_CLASS in section.elem_classes, section.label
+        assert section.open is True and app_layout.SECTION_CLASS in section.elem_classes, section.label
     for name in ("photo", "keyword", "safety", "generate", "best", "gallery", "files", "status"):
         parent = getattr(page, name).parent
         while parent is not None:

@@ -1,7 +1,8 @@
 """What the page shows and sends, as plain Python: its session state, the Generate form, previews.
 
-`app.py` lays out the Gradio widgets and wires events; every value a handler needs to compute
-lives here, typed and without Gradio, so it can be read and tested alone:
+`app_layout.py` lays out the Gradio widgets, `app_handlers.py` answers their events and `app.py`
+wires them; every value a handler needs to compute lives here, typed and without Gradio, so it can
+be read and tested alone:
 
     PageState      one browser session: which photo, its clicks, SAM's current prediction, an
                    uploaded mask and the brush strokes; `state.subject(candidate)` is the subject they make
@@ -175,7 +176,7 @@ def _default(field: str):
 
 @dataclass(frozen=True)
 class GenerateForm:
-    """The widget values Generate reads; `app.py` has a widget of the same name for each field.
+    """The widget values Generate reads; `app_layout.Page` has a widget of the same name for each field.
 
     The page's names are its widgets' (`quality` is `prompt_2`, `edit` says what `edit_subject` does,
     `safety` is the slider's position); defaults that are a request's value come from `EditRequest`.
