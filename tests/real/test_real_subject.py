@@ -114,7 +114,7 @@ def _one_click(model: subject.SubjectModel, photos, baseline: list[float]) -> li
 
 def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos, grabcut_one_click):
     *rows, (_, before, ours) = _one_click(u2netp, photos, grabcut_one_click)
-    # Measured: GrabCut 0.335 (7 of 16 under 0.02), ours 0.818; the target is 0.75.
+    # Measured: GrabCut 0.28-0.34 (OpenCV's RNG state; 7-8 of 16 under 0.02), ours 0.818; the target is 0.75.
     assert ours >= 0.8 and ours >= 2 * before
     assert sum(r[2] < 0.3 for r in rows) == 0
 
