@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import one_line
-from pipelines.images import guided_filter, image_hash
+from pipelines.images import guided_filter, image_hash, resize_mask
 from pipelines.settings import SUBJECT_MODELS, Settings
 from pipelines.types import ClickPoint
 
@@ -321,8 +321,8 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
         if not picked.any():
             return np.zeros((height, width), dtype=bool)
         rgb01 = rgb.astype(np.float32) / 255.0
-        return _to_photo_size(guided_filter(rgb01, picked.astype(np.float32), EDGE_RADIUS, EDGE_EPS) >= 0.5,
-                              (width, height))
+        edge = guided_filter(rgb01, picked.astype(np.float32), EDGE_RADIUS, EDGE_EPS) >= 0.5
+        return resize_mask(edge, (width, height)) >= 0.5
     picked = _fill_holes(np.isin(labels, sorted({int(labels[y, x]) for x, y in positives} - {0})), probability)
 
     # 3. With clicks, GrabCut seeded from the map: inside the picked part, sure subject where the
@@ -355,16 +355,7 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
     # 4. Keep what holds a positive click, fill its unsure holes, back to the photo's size.
     count, labels = cv2.connectedComponents(subject.astype(np.uint8), connectivity=8)
     keep = sorted({int(labels[y, x]) for x, y in positives} - {0})
-    return _to_photo_size(_fill_holes(np.isin(labels, keep), probability), (width, height))
-
-
-def _to_photo_size(subject: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A mask of the work copy back at the photo's (width, height)."""
-    import cv2
-
-    if subject.shape == (size[1], size[0]):
-        return subject
-    return cv2.resize(subject.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
+    return resize_mask(_fill_holes(np.isin(labels, keep), probability), (width, height)) >= 0.5
 
 
 def subject_from_clicks(image: Image.Image, points: list[ClickPoint], probability: np.ndarray) -> np.ndarray:
