@@ -284,6 +284,19 @@ def test_grabcut_one_click_finds_the_disk(seed):
     assert (subject & disk).sum() / (subject | disk).sum() >= 0.9
 
 
+def test_grabcut_gives_the_same_mask_whatever_ran_before():
+    """GrabCut's k-means draws from OpenCV's RNG, which other code moves: the fallback seeds it, so
+    the same photo and click give the same mask (unseeded, these three differ in 74-131 pixels)."""
+    import cv2
+
+    photo, _ = disk_photo(seed=3)
+    masks = []
+    for state in (1, 2, 3):
+        cv2.setRNGSeed(state)
+        masks.append(grabcut_mask(photo, [ClickPoint(100, 80, 1)]))  # on the disk's rim: ambiguous
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+
+
 def test_grabcut_fallback_result_and_large_photo():
     photo, disk = disk_photo(seed=3)
     result = predict_masks(photo, [ClickPoint(150, 110, 1), ClickPoint(10, 10, 0)], None)

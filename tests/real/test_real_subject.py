@@ -6,7 +6,8 @@ isnet-general-use session: the default model's kind) on real photo cut-outs past
 Measured against the simplest alternatives:
     automatic subject: ours (pick + fill unsure holes + guided-filter edge) vs rembg's own answer
         (the map cut at 0.5), with each model;
-    one click without SAM: ours (the subject model's map + GrabCut) vs the old GrabCut fallback.
+    one click without SAM: ours (the subject model's map + GrabCut) vs GrabCut alone (the fallback
+        with no model at all).
 Each test prints its table (run with -s to see it); the floors are set from measurement.
 
     python tests/real/assets.py && python -m pytest -q -s tests/real/test_real_subject.py
@@ -93,7 +94,8 @@ def test_with_an_is_net_model_ours_is_never_worse_than_rembgs_cut(isnet, photos)
 
 @pytest.fixture(scope="module")
 def grabcut_one_click(photos) -> list[float]:
-    """The old fallback's IoU per photo (GrabCut alone from the one click), the baseline for every model."""
+    """GrabCut alone from the one click (the fallback with no model), IoU per photo: the baseline for
+    every model."""
     from subject_photos import iou
 
     return [iou(grabcut_mask(case.photo, [ClickPoint(*case.click, 1)]), case.truth) for case in photos]
@@ -108,27 +110,38 @@ def _one_click(model: subject.SubjectModel, photos, baseline: list[float]) -> li
         ours = iou(subject.subject_from_clicks(case.photo, clicks, model.probability(case.photo)), case.truth)
         rows.append((case.name, before, ours))
     rows.append(("mean", float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))))
-    _table(f"one click, no SAM, {model.name}, IoU", ("photo", "GrabCut (before)", "ours (map + GrabCut)"), rows)
+    _table(f"one click, no SAM, {model.name}, IoU", ("photo", "GrabCut alone", "ours (map + GrabCut)"), rows)
     return rows
 
 
 def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos, grabcut_one_click):
     *rows, (_, before, ours) = _one_click(u2netp, photos, grabcut_one_click)
-    # Measured: GrabCut 0.28-0.34 (OpenCV's RNG state; 7-8 of 16 under 0.02), ours 0.818; the target is 0.75.
-    assert ours >= 0.8 and ours >= 2 * before
+    # Measured: GrabCut alone 0.726 (it was 0.28-0.34 and 7-8 of 16 under 0.02 before its probable-subject
+    # disk, masking.GUESS_SHARE), ours 0.818; the target is 0.75.
+    assert ours >= 0.8 and ours >= before + 0.06
     assert sum(r[2] < 0.3 for r in rows) == 0
+
+
+def test_one_click_with_no_model_at_all(photos, grabcut_one_click):
+    """GrabCut alone, the last fallback: it must still find most of a single subject, never just the
+    clicked spot (it kept under 0.02 IoU on 7-8 of these 16 before GUESS_SHARE)."""
+    # Measured: mean 0.726, the worst photo 0.16 (the lavender: thin spikes in grass); with the map
+    # ours is better on 12 of 16, GrabCut alone on the squirrel, the frog, the horse and the rose.
+    assert np.mean(grabcut_one_click) >= 0.7
+    assert min(grabcut_one_click) >= 0.12
 
 
 def test_one_click_without_sam_with_an_is_net_model(isnet, photos, grabcut_one_click):
     *rows, (_, before, ours) = _one_click(isnet, photos, grabcut_one_click)
     # Measured: ours 0.890 (filling every hole, as before: 0.879, the kettle's handle shut).
-    assert ours >= 0.87 and ours >= 2 * before
+    assert ours >= 0.87 and ours >= before + 0.12
     assert sum(r[2] < 0.3 for r in rows) == 0
 
 
 def test_one_click_in_crowded_real_scenes(u2netp):
     """VOC (people at a table) and ARC2017 (products on a shelf): many touching objects, where the
-    subject model's map joins them into one part. Recorded as it is: the fallback's weak case."""
+    subject model's map joins them into one part. Recorded as it is: the fallback's weak case, where
+    GrabCut alone (from a disk around the click) does better than with the map."""
     from voc import instances, iou
 
     try:
@@ -145,10 +158,12 @@ def test_one_click_in_crowded_real_scenes(u2netp):
     before = float(np.mean([r[1] for r in rows]))
     ours = float(np.mean([r[2] for r in rows]))
     rows.append(("mean", before, ours))
-    _table("one click, no SAM, crowded scenes, IoU", ("instance", "GrabCut (before)", "ours"), rows)
-    # Measured (16 instances): GrabCut 0.235, ours 0.282; on the VOC people ours 0.66-0.94 where
-    # GrabCut keeps almost nothing, on ARC's shelf both mostly fail.
-    assert ours >= 0.27 and ours >= before
+    _table("one click, no SAM, crowded scenes, IoU", ("instance", "GrabCut alone", "ours (map + GrabCut)"), rows)
+    # Measured (16 instances): GrabCut alone 0.377 (0.24 before GUESS_SHARE), ours 0.310: the map's
+    # joined parts seed GrabCut with sure subject on the neighbours (taking the map's sure subject
+    # only near the click gives 0.354 here but 0.797 instead of 0.818 on single subjects). On ARC's
+    # shelf both mostly fail.
+    assert ours >= 0.27 and before >= 0.33
 
 
 def test_an_edit_without_clicks_keeps_what_the_subject_model_found(u2netp, photos, tmp_path):
