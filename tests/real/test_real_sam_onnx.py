@@ -122,16 +122,6 @@ def test_a_speck_is_said_and_a_real_subject_is_not(predictor):
     assert len(flagged) >= 1
 
 
-def next_click(mask: np.ndarray, truth: np.ndarray) -> ClickPoint:
-    """The standard interactive protocol's next click: at the centre of the larger error region,
-    positive on missed subject, negative on wrongly kept background."""
-    missed, extra = truth & ~mask, mask & ~truth
-    error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
-    distance = cv2.distanceTransform(np.pad(error, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return ClickPoint(int(x), int(y), label)
-
-
 def test_positive_and_negative_clicks_improve_the_mask(predictor, capsys):
     per_click = []
     for inst in INSTANCES:
@@ -140,7 +130,7 @@ def test_positive_and_negative_clicks_improve_the_mask(predictor, capsys):
         result = predict_masks(inst.photo, points, predictor)
         ious = [voc.iou(result.masks[0], inst.mask)]
         for _ in range(2):
-            points.append(next_click(result.masks[0], inst.mask))
+            points.append(voc.next_click(result.masks[0], inst.mask))
             result = predict_masks(inst.photo, points, predictor, mask_input=result.next_mask_input(0))
             ious.append(voc.iou(result.masks[0], inst.mask))
         per_click.append(ious)
