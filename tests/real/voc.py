@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 import assets
+from pipelines.types import ClickPoint
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,9 @@ def deepest_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def next_click(mask: np.ndarray, truth: np.ndarray) -> "ClickPoint":
+def next_click(mask: np.ndarray, truth: np.ndarray) -> ClickPoint:
     """The standard interactive protocol's next click: at the centre of the larger error region,
     positive on missed subject, negative on wrongly kept background."""
-    import cv2
-
-    from pipelines.types import ClickPoint
-
     missed, extra = truth & ~mask, mask & ~truth
     error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
     x, y = deepest_point(error)
