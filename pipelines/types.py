@@ -124,8 +124,9 @@ class EditRequest:
     sld_concept: str | None = option_field(None, "what Safe Latent Diffusion steers away from",
                                       unset="the paper's concept (prompts/sld_concept.txt)")
     scheduler: str = option_field("euler", "the sampler", choices=SCHEDULERS)
-    mask_candidate: int | None = option_field(None, "which of SAM's three masks, 0 = the best-scoring",
-                                         range=(0, 2), unset="the best-scoring")
+    mask_candidate: int | None = option_field(
+        None, "which mask the clicks give: SAM's, 0 = the best-scoring; without SAM 0 = the subject model's, "
+        "1 = GrabCut alone", range=(0, 2), unset="the best-scoring")
 
 
 @dataclass(frozen=True)

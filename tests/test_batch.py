@@ -14,7 +14,7 @@ from conftest import make_photo
 from PIL import Image
 
 from pipelines.entry import batch
-from pipelines.masks import masking
+from pipelines.masks.grabcut import grabcut_mask
 from pipelines.entry.cli import main
 from pipelines.editing import run_edit
 from pipelines.outputs import read_parameters
@@ -90,7 +90,7 @@ def test_automatic_subject_finds_the_centred_subject_with_grabcut():
     points = batch.auto_points(160, 120)
     assert points == [ClickPoint(80, 60, 1), ClickPoint(5, 4, 0), ClickPoint(154, 4, 0),
                       ClickPoint(5, 115, 0), ClickPoint(154, 115, 0)]
-    subject = masking.grabcut_mask(photo, points)
+    subject = grabcut_mask(photo, points)
     yy, xx = np.mgrid[:120, :160]
     disk = (xx - 80) ** 2 + (yy - 60) ** 2 <= 30**2
     iou = (subject & disk).sum() / (subject | disk).sum()

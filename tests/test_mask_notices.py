@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipelines.masks.masking import MaskPrediction, click_radius, predict_masks, too_small, with_size_notice
+from pipelines.masks.grabcut import click_radius
+from pipelines.masks.masking import MaskPrediction, predict_masks, too_small, with_size_notice
 from pipelines.types import ClickPoint
 
 ONE_CLICK = [ClickPoint(250, 180, 1)]

@@ -19,7 +19,8 @@ from PIL import Image
 from pipelines import downloads
 from pipelines.masks import masking, sam_models
 from pipelines.downloads import ensure_sam_checkpoint
-from pipelines.masks.masking import MaskPredictor, grabcut_mask, overlay, predict_masks, refine_mask
+from pipelines.masks.grabcut import grabcut_mask
+from pipelines.masks.masking import MaskPredictor, overlay, predict_masks, refine_mask
 from pipelines.masks.sam_models import get_predictor, load_sam, sam_status
 from pipelines.settings import Settings
 from pipelines.types import ClickPoint

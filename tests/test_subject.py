@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from file_server import FileServer
+from pipelines.entry.page import candidate_choices
 from pipelines.masks import subject
 from pipelines.masks.masking import predict_masks
 from pipelines.settings import Settings
@@ -112,6 +113,13 @@ def test_without_sam_one_click_goes_through_the_subject_model():
     assert result.notices == [subject_fallback_notice("map")]
     grabcut = predict_masks(photo, [ClickPoint(60, 40, 1)], None)
     assert grabcut.method == "grabcut" and "python -m pipelines download subject" in grabcut.notices[0]
+    # The second candidate is GrabCut alone (the better one where the map joins touching things),
+    # named on the page; the third repeats it.
+    assert result.distinct == 2 and result.names == ("subject model", "GrabCut alone")
+    assert np.array_equal(result.masks[1], grabcut.masks[0]) and np.array_equal(result.masks[2], grabcut.masks[0])
+    assert np.array_equal(result.next_mask_input(1), grabcut.next_mask_input(0))
+    assert candidate_choices(result) == [("1 (subject model)", 0), ("2 (GrabCut alone)", 1)]
+    assert candidate_choices(grabcut) == [("GrabCut", 0)]
 
 
 def subject_fallback_notice(name):

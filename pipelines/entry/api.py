@@ -103,7 +103,8 @@ def mask(studio: Workbench, photo: str, *, points: str, candidate: int, grow: in
         studio: the page's `Workbench` (its SAM predictor, or GrabCut without one).
         photo: path of the photo file.
         points: clicks as `X,Y[,L];X,Y[,L]` in photo pixels.
-        candidate: which of SAM's three masks, 0 = the best-scoring.
+        candidate: which of SAM's three masks, 0 = the best-scoring; without SAM, 0 = the subject
+            model's, 1 = GrabCut alone.
         grow: grow (>0) or shrink (<0) the subject by this many pixels.
         subject: "auto" = no points: the subject model finds the subject; "" = the points.
 

@@ -337,16 +337,19 @@ def found_prediction(subject: np.ndarray, notices: list[str]) -> masking.MaskPre
     logits = masking._to_low_res_logits(subject)
     return masking.MaskPrediction(masks=np.repeat(subject[None], 3, axis=0), scores=np.zeros(3, np.float32),
                                   low_res_logits=np.repeat(logits[None], 3, axis=0), method="subject",
-                                  notices=list(notices))
+                                  notices=list(notices), distinct=1)
 
 
 def candidate_choices(prediction: masking.MaskPrediction | None) -> list[tuple[str, int]]:
     """(label, index) for each mask the person can pick: SAM's three with scores (one where its
-    decoder gives one), or GrabCut's one."""
+    decoder gives one), or the fallback's by name (the subject model's and GrabCut alone)."""
     if prediction is None:
         return []
-    if prediction.method != "sam":  # GrabCut gives one mask, not three ranked ones
-        return [("GrabCut" if prediction.method == "grabcut" else "Subject model", 0)]
+    if prediction.method != "sam":  # no scores to rank by: each says what it is
+        names = prediction.names or ("GrabCut" if prediction.method == "grabcut" else "Subject model",)
+        if len(names) == 1:
+            return [(names[0], 0)]
+        return [(f"{i + 1} ({name})", i) for i, name in enumerate(names)]
     return [(f"{i + 1} (score {s:.2f})", i) for i, s in enumerate(prediction.scores[:prediction.distinct])]
 
 

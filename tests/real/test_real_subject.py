@@ -20,7 +20,7 @@ import pytest
 
 import assets
 from pipelines.masks import subject
-from pipelines.masks.masking import grabcut_mask
+from pipelines.masks.grabcut import grabcut_mask
 from pipelines.types import ClickPoint
 
 
@@ -101,38 +101,46 @@ def grabcut_one_click(photos) -> list[float]:
     return [iou(grabcut_mask(case.photo, [ClickPoint(*case.click, 1)]), case.truth) for case in photos]
 
 
-def _one_click(model: subject.SubjectModel, photos, baseline: list[float]) -> list[tuple[str, float, float]]:
+def _one_click(model: subject.SubjectModel, photos, baseline: list[float]) -> list[tuple]:
+    """One click through the fallback as the app runs it (`predict_masks` with no SAM): per photo
+    GrabCut alone, ours (candidate 1: the map + GrabCut), and the better of the two candidates (what
+    a person who looks at both keeps). Candidate 2 must be GrabCut alone, the baseline's mask."""
     from subject_photos import iou
+
+    from pipelines.masks.masking import predict_masks
 
     rows = []
     for case, before in zip(photos, baseline):
-        clicks = [ClickPoint(*case.click, 1)]
-        ours = iou(subject.subject_from_clicks(case.photo, clicks, model.probability(case.photo)), case.truth)
-        rows.append((case.name, before, ours))
-    rows.append(("mean", float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))))
-    _table(f"one click, no SAM, {model.name}, IoU", ("photo", "GrabCut alone", "ours (map + GrabCut)"), rows)
+        result = predict_masks(case.photo, [ClickPoint(*case.click, 1)], None, subject_model=model)
+        assert result.distinct == 2 and iou(result.masks[1], case.truth) == before, case.name
+        ours = iou(result.masks[0], case.truth)
+        rows.append((case.name, before, ours, max(before, ours)))
+    rows.append(("mean", *(float(np.mean([r[k] for r in rows])) for k in (1, 2, 3))))
+    _table(f"one click, no SAM, {model.name}, IoU", ("photo", "GrabCut alone", "ours (map + GrabCut)",
+                                                     "the better candidate"), rows)
     return rows
 
 
 def test_one_click_without_sam_finds_a_real_single_subject(u2netp, photos, grabcut_one_click):
-    *rows, (_, before, ours) = _one_click(u2netp, photos, grabcut_one_click)
-    # Measured: GrabCut alone 0.726 (it was 0.28-0.34 and 7-8 of 16 under 0.02 before its probable-subject
-    # disk, masking.GUESS_SHARE), ours 0.818; the target is 0.75.
+    *rows, (_, before, ours, better) = _one_click(u2netp, photos, grabcut_one_click)
+    # Measured: GrabCut alone 0.728 (it was 0.28-0.34 and 7-8 of 16 under 0.02 before its probable-subject
+    # disk, grabcut.GUESS_SHARE), ours 0.818, the better candidate 0.87; the target is 0.75.
     assert ours >= 0.8 and ours >= before + 0.06
+    assert better >= 0.85
     assert sum(r[2] < 0.3 for r in rows) == 0
 
 
 def test_one_click_with_no_model_at_all(photos, grabcut_one_click):
     """GrabCut alone, the last fallback: it must still find most of a single subject, never just the
     clicked spot (it kept under 0.02 IoU on 7-8 of these 16 before GUESS_SHARE)."""
-    # Measured: mean 0.726, the worst photo 0.16 (the lavender: thin spikes in grass); with the map
+    # Measured: mean 0.728, the worst photo 0.36 (the pineapple: its crown), the lavender 0.43; with the map
     # ours is better on 12 of 16, GrabCut alone on the squirrel, the frog, the horse and the rose.
     assert np.mean(grabcut_one_click) >= 0.7
-    assert min(grabcut_one_click) >= 0.12
+    assert min(grabcut_one_click) >= 0.25
 
 
 def test_one_click_without_sam_with_an_is_net_model(isnet, photos, grabcut_one_click):
-    *rows, (_, before, ours) = _one_click(isnet, photos, grabcut_one_click)
+    *rows, (_, before, ours, _) = _one_click(isnet, photos, grabcut_one_click)
     # Measured: ours 0.890 (filling every hole, as before: 0.879, the kettle's handle shut).
     assert ours >= 0.87 and ours >= before + 0.12
     assert sum(r[2] < 0.3 for r in rows) == 0
@@ -159,7 +167,7 @@ def test_one_click_in_crowded_real_scenes(u2netp):
     ours = float(np.mean([r[2] for r in rows]))
     rows.append(("mean", before, ours))
     _table("one click, no SAM, crowded scenes, IoU", ("instance", "GrabCut alone", "ours (map + GrabCut)"), rows)
-    # Measured (16 instances): GrabCut alone 0.377 (0.24 before GUESS_SHARE), ours 0.310: the map's
+    # Measured (16 instances): GrabCut alone 0.375 (0.24 before GUESS_SHARE), ours 0.310: the map's
     # joined parts seed GrabCut with sure subject on the neighbours (taking the map's sure subject
     # only near the click gives 0.354 here but 0.797 instead of 0.818 on single subjects). On ARC's
     # shelf both mostly fail.
