@@ -1,7 +1,9 @@
-"""Points to masks: Segment Anything with a per-photo embedding cache, refinement, GrabCut fallback.
+"""Points to masks: Segment Anything with a per-photo embedding cache, the fallback without it,
+refinement.
 
 This module only turns clicks into masks. Loading SAM (its variants, the one shared predictor) is
-`sam_models`; downloading its checkpoint is `downloads`. The flow for one photo:
+`sam_models`; downloading its checkpoint is `downloads`; without SAM the masks come from the subject
+model's map (`subject`) and from GrabCut alone (`grabcut`). The flow for one photo:
 
     predictor, notices = sam_models.get_predictor(settings)   # None when SAM cannot be had
     predictor.embed(photo)                                 # at upload: the slow part, done once
