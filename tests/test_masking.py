@@ -517,15 +517,15 @@ def test_get_predictor_falls_back_and_retries_on_the_next_call(tmp_path, monkeyp
     predictor, notices = get_predictor(settings)
     assert predictor is None and len(notices) == 1 and "HTTP 404" in notices[0]
     assert get_predictor(settings) == (None, notices) and server.hits == 2  # not pinned: asked again
-    assert sam_status(settings).startswith("GrabCut fallback: SAM unavailable: could not download")
+    assert sam_status(settings).startswith("Masks without SAM: SAM unavailable: could not download")
     assert sam_status(settings).endswith("; SAM is tried again on the next photo")
 
     off = settings_for(tmp_path / "sam_vit_h_4b8939.pth", auto=False)
     hint = (f"put sam_vit_h_4b8939.pth in {tmp_path}/, or run `python -m pipelines download sam`: 2.6 GB")
-    assert sam_status(off) == f"GrabCut fallback: no SAM checkpoint at {tmp_path}/sam_vit_h_4b8939.pth ({hint})"
+    assert sam_status(off) == f"Masks without SAM: no SAM checkpoint at {tmp_path}/sam_vit_h_4b8939.pth ({hint})"
     assert get_predictor(off) == (None, [f"SAM unavailable: SAM checkpoint {tmp_path}/sam_vit_h_4b8939.pth "
                                          "does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off"])
-    assert sam_status(off) == (f"GrabCut fallback: SAM unavailable: SAM checkpoint {tmp_path}/sam_vit_h_4b8939.pth "
+    assert sam_status(off) == (f"Masks without SAM: SAM unavailable: SAM checkpoint {tmp_path}/sam_vit_h_4b8939.pth "
                                f"does not exist and BACKDROP_SAM_AUTO_DOWNLOAD is off "
                                f"({hint}); SAM is tried again on the next photo")
 

@@ -210,7 +210,7 @@ def test_the_pair_downloads_with_md5_and_says_what_is_missing_offline(tmp_path, 
 
         size = downloads.format_size(sum(map(len, served.values())))
         assert sam_status(settings(auto=False)) == (
-            f"GrabCut fallback: no SAM checkpoint at {tmp_path / encoder} and {tmp_path / decoder} "
+            f"Masks without SAM: no SAM checkpoint at {tmp_path / encoder} and {tmp_path / decoder} "
             f"(put {encoder} and {decoder} in {tmp_path}/, or run `python -m pipelines download sam`: {size})")
         assert sam_status(settings()) == f"SAM vit_b_onnx on cpu (downloads {encoder} and {decoder}, {size}, on the first click)"
         predictor, notices = get_predictor(settings())

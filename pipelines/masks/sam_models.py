@@ -290,7 +290,7 @@ def sam_status(settings: Settings) -> str:
     """One line for the page on what makes the masks, and what is missing. Loads nothing.
 
     Examples: "SAM vit_h on cuda", "SAM vit_h on cpu (loads on the first click)",
-    "GrabCut fallback: no SAM checkpoint at checkpoints/sam_vit_h_4b8939.pth (put sam_vit_h_4b8939.pth
+    "Masks without SAM: no SAM checkpoint at checkpoints/sam_vit_h_4b8939.pth (put sam_vit_h_4b8939.pth
     in checkpoints/, or run `python -m pipelines download sam`: 2.6 GB)".
     """
     slot, resolved, device = _slot(settings)
@@ -305,13 +305,13 @@ def sam_status(settings: Settings) -> str:
     hint = downloads.sam_checkpoint_hint(settings)
     missing = [p for p in downloads.sam_files(settings) if not p.is_file()]
     if slot.failure is not None and missing:
-        return f"GrabCut fallback: {slot.failure} ({hint}); SAM is tried again on the next photo"
+        return f"Masks without SAM: {slot.failure} ({hint}); SAM is tried again on the next photo"
     if slot.failure is not None:
-        return f"GrabCut fallback: {slot.failure}; SAM is tried again on the next photo"
+        return f"Masks without SAM: {slot.failure}; SAM is tried again on the next photo"
     if not missing:
         return f"SAM {variant} on {device} (loads on the first click)"
     if settings.sam_auto_download and all(p.name in downloads.SAM_DOWNLOADS for p in missing):
         sizes = [downloads.sam_download_size(p.name) for p in missing]
         size = f", {downloads.format_size(sum(sizes))}" if None not in sizes else ""
         return f"SAM {variant} on {device} (downloads {' and '.join(p.name for p in missing)}{size}, on the first click)"
-    return f"GrabCut fallback: no SAM checkpoint at {' and '.join(map(str, missing))} ({hint})"
+    return f"Masks without SAM: no SAM checkpoint at {' and '.join(map(str, missing))} ({hint})"
