@@ -3,8 +3,9 @@ beside the subject model's (`masking.predict_masks`).
 
 GrabCut (Rother et al. 2004, "GrabCut: interactive foreground extraction using iterated graph cuts")
 fits a colour model (Gaussian mixtures) to the subject and one to the background from seed labels,
-and cuts the photo between them with a graph cut, several times over. Here the seeds come from the
-clicks alone.
+and cuts the photo between them with a graph cut, several times over. `grabcut_mask` seeds it from
+the clicks alone; `run_grabcut`, the seeded call itself, is shared with the subject model's
+fallback (`subject.refine_subject`), which seeds it from the model's map.
 """
 
 from __future__ import annotations
@@ -61,26 +62,27 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
         rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     h, w = small.shape[:2]
 
-    seeds = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
     radius = click_radius((h, w))
     centres = [(min(w - 1, int(p.x * scale)), min(h - 1, int(p.y * scale)), p.label) for p in points]
     guess = max(radius, round(GUESS_SHARE * min(h, w)))
-    for x, y, label in centres:
-        if label == 1:
-            cv2.circle(seeds, (x, y), guess, cv2.GC_PR_FGD, thickness=-1)
-    for x, y, label in centres:  # drawn last: a negative click inside a positive one's guess wins
-        cv2.circle(seeds, (x, y), radius, cv2.GC_FGD if label == 1 else cv2.GC_BGD, thickness=-1)
 
-    bgr = np.ascontiguousarray(small[..., ::-1])
-    subject = _grabcut(bgr, seeds, iterations)
+    def seeds(frame: int = 0) -> np.ndarray:
+        """The guesses around positive clicks, then a sure-background frame this wide, then the clicks."""
+        labels = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
+        for x, y, label in centres:
+            if label == 1:
+                cv2.circle(labels, (x, y), guess, cv2.GC_PR_FGD, thickness=-1)
+        if frame:
+            labels[:frame], labels[-frame:], labels[:, :frame], labels[:, -frame:] = (cv2.GC_BGD,) * 4
+        for x, y, label in centres:  # drawn last: a negative click inside a positive one's guess wins
+            cv2.circle(labels, (x, y), radius, cv2.GC_FGD if label == 1 else cv2.GC_BGD, thickness=-1)
+        return labels
+
+    subject = run_grabcut(small, seeds(), iterations)
     if subject[0].any() and subject[-1].any() and subject[:, 0].any() and subject[:, -1].any():
         # It reached all four sides: the guess held the background's colours too (a flat backdrop
         # gives both models the same ones). Again with the frame's edge as sure background.
-        edge = max(1, round(0.02 * min(h, w)))
-        seeds[:edge], seeds[-edge:], seeds[:, :edge], seeds[:, -edge:] = (cv2.GC_BGD,) * 4
-        for x, y, label in centres:  # the clicks stay what they were
-            cv2.circle(seeds, (x, y), radius, cv2.GC_FGD if label == 1 else cv2.GC_BGD, thickness=-1)
-        subject = _grabcut(bgr, seeds, iterations)
+        subject = run_grabcut(small, seeds(frame=max(1, round(0.02 * min(h, w)))), iterations)
 
     # Keep the connected parts that hold a positive click.
     _, labels = cv2.connectedComponents(subject.astype(np.uint8), connectivity=8)
@@ -92,18 +94,20 @@ def grabcut_mask(image: Image.Image, points: list[ClickPoint], iterations: int =
     return subject
 
 
-def _grabcut(bgr: np.ndarray, seeds: np.ndarray, iterations: int) -> np.ndarray:
-    """GrabCut from `seeds` (cv2.GC_* labels, not changed): (H, W) bool, True = subject."""
+def run_grabcut(rgb: np.ndarray, seeds: np.ndarray, iterations: int) -> np.ndarray:
+    """OpenCV's GrabCut on an RGB uint8 (H, W, 3) photo from `seeds` (cv2.GC_* labels, (H, W) uint8,
+    updated in place): (H, W) bool, True = subject. Raises ValueError when the seeds leave GrabCut
+    no subject or no background to learn from."""
     import cv2
 
-    labels = seeds.copy()
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
     # GrabCut's colour models start from k-means, whose first centres OpenCV draws from the calling
     # thread's RNG: seeded, the same photo and clicks give the same mask whatever ran before.
     cv2.setRNGSeed(0)
     try:
-        cv2.grabCut(bgr, labels, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), seeds, None, bgd_model, fgd_model, iterations,
+                    cv2.GC_INIT_WITH_MASK)
     except cv2.error as err:
         raise ValueError("GrabCut found no background to learn from: click a smaller part of the photo") from err
-    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -335,8 +336,6 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     if subject_model is not None:
         from pipelines.masks.subject import subject_from_clicks
 
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(1) as pool:  # OpenCV lets go of the GIL: GrabCut alone runs beside
             alone = pool.submit(grabcut_mask, image, points)
             candidates = [subject_from_clicks(image, points, subject_model.probability(image)), alone.result()]
@@ -345,11 +344,12 @@ def predict_masks(image: Image.Image, points: list[ClickPoint], predictor: MaskP
     else:
         candidates, names = [grabcut_mask(image, points)], ("GrabCut",)
         method, notice = "grabcut", GRABCUT_NOTICE
-    candidates += candidates[-1:] * (3 - len(candidates))
+    logits = [_to_low_res_logits(c) for c in candidates]
+    pad = 3 - len(candidates)  # the last distinct candidate fills the three places
     return with_size_notice(MaskPrediction(
-        masks=np.stack(candidates),
+        masks=np.stack(candidates + candidates[-1:] * pad),
         scores=np.zeros(3, dtype=np.float32),
-        low_res_logits=np.stack([_to_low_res_logits(c) for c in candidates]),
+        low_res_logits=np.stack(logits + logits[-1:] * pad),
         method=method,
         notices=[notice],
         distinct=len(names),

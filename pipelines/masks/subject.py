@@ -45,6 +45,7 @@ from PIL import Image
 
 from pipelines.errors import one_line
 from pipelines.images import guided_filter, image_hash, resize_mask
+from pipelines.masks.grabcut import click_radius, run_grabcut
 from pipelines.settings import SUBJECT_MODELS, Settings
 from pipelines.types import ClickPoint
 
@@ -340,17 +341,12 @@ def refine_subject(image: Image.Image, probability: np.ndarray,
         seeds[cut & ~picked] = cv2.GC_BGD
     else:
         seeds[cv2.erode((probability < 1 - SURE).astype(np.uint8), kernel) > 0] = cv2.GC_BGD
-    radius = max(2, round(0.015 * min(h, w)))
+    radius = click_radius((h, w))
     for x, y, label in clicks:
         cv2.circle(seeds, (x, y), radius, cv2.GC_FGD if label == 1 else cv2.GC_BGD, thickness=-1)
-    has_fg = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
-    has_bg = (seeds == cv2.GC_BGD) | (seeds == cv2.GC_PR_BGD)
-    if has_fg.any() and has_bg.any():
-        bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's RNG: the same photo, the same mask
-        cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), seeds, None, bgd_model, fgd_model, 4,
-                    cv2.GC_INIT_WITH_MASK)
     subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+    if subject.any() and not subject.all():  # GrabCut needs both to learn from
+        subject = run_grabcut(rgb, seeds, 4)
 
     # 4. Keep what holds a positive click, fill its unsure holes, back to the photo's size.
     count, labels = cv2.connectedComponents(subject.astype(np.uint8), connectivity=8)
